@@ -1,0 +1,1 @@
+"""Gadgetron external Python gadgets: thin adapters over mrf_core."""

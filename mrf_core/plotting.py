@@ -1,0 +1,48 @@
+"""Figures a person would rather look at than read: fingerprints, dictionaries, maps (PNG, Agg)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mrf_core.atomic_io import atomic_path
+from mrf_core.sequence import FispSchedule
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Save a matplotlib figure atomically (PNG by the file's suffix) and close it."""
+    plt = _pyplot()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_fingerprints(
+    schedule: FispSchedule, signals: np.ndarray, labels: Sequence[str], path: str | Path
+) -> None:
+    """Flip-angle schedule above, |signal| of each fingerprint below, against time (s)."""
+    plt = _pyplot()
+    time_s = np.cumsum(schedule.tr_ms) / 1000.0
+    fig, (ax_fa, ax_sig) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, height_ratios=[1, 2])
+    ax_fa.plot(time_s, schedule.flip_angle_deg, color="0.3", lw=1)
+    ax_fa.set_ylabel("flip angle (deg)")
+    ax_fa.set_title(f"{schedule.name}: {schedule.n_timepoints} TRs, TE {schedule.te_ms:g} ms")
+    for signal, label in zip(np.atleast_2d(signals), labels, strict=True):
+        ax_sig.plot(time_s, np.abs(signal), lw=1, label=label)
+    ax_sig.set_xlabel("time (s)")
+    ax_sig.set_ylabel("|signal| / M0")
+    ax_sig.legend(fontsize=8, loc="upper right")
+    ax_sig.grid(alpha=0.3)
+    save_figure(fig, path)
