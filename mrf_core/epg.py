@@ -126,8 +126,10 @@ def _simulate_chunk(
         if uniform_b1:
             torch.matmul(rotations[n], flat_states, out=flat_rotated)
         else:
-            rot = _rotation(alpha_rad[n] * b1_dev)  # (3, 3, n_atoms)
-            torch.einsum("ijn,jsn->isn", rot, states, out=rotated)
+            rot = _rotation(alpha_rad[n] * b1_dev)[:, :, None, :]  # (3, 3, 1, n_atoms)
+            for i in range(3):
+                torch.mul(states[0], rot[i, 0], out=rotated[i])
+                rotated[i].addcmul_(states[1], rot[i, 1]).addcmul_(states[2], rot[i, 2])
         torch.mul(rotated[0, 0], e2_te, out=out[n])
         e2, e1, recovery = relax[tr]
         # relax over the whole TR and shift by one state: F+_k -> F+_k+1, F-_k -> F-_k-1, F+0 = conj F-0
@@ -164,12 +166,20 @@ def simulate_fisp(
     n_atoms = t1.numel()
     signal = torch.empty(n_atoms, schedule.n_timepoints, dtype=torch.complex64, device=device)
     phase = complex(math.cos(math.radians(schedule.rf_phase_deg)), math.sin(math.radians(schedule.rf_phase_deg)))
-    starts = range(0, n_atoms, chunk_atoms)
-    for start in tqdm(starts, desc="EPG", unit="chunk", disable=not progress or len(starts) < 2):
-        stop = min(start + chunk_atoms, n_atoms)
-        f_plus = _simulate_chunk(schedule, t1[start:stop], t2[start:stop], b1[start:stop], n_states, device)
-        signal[start:stop] = torch.complex(torch.zeros_like(f_plus), f_plus).T * phase
+    chunks = [ids[i : i + chunk_atoms] for ids in _b1_groups(b1) for i in range(0, ids.numel(), chunk_atoms)]
+    for ids in tqdm(chunks, desc="EPG", unit="chunk", disable=not progress or len(chunks) < 2):
+        f_plus = _simulate_chunk(schedule, t1[ids], t2[ids], b1[ids], n_states, device)
+        signal[ids.to(device)] = torch.complex(torch.zeros_like(f_plus), f_plus).T * phase
     return signal
+
+
+def _b1_groups(b1: torch.Tensor) -> list[torch.Tensor]:
+    """Atom indices grouped by B1 value when values repeat (a dictionary's B1 axis), so that each chunk
+    takes the one-matrix-per-TR path; one group of all atoms when B1 is continuous (a simulated scan)."""
+    values, group_of = torch.unique(b1, return_inverse=True)
+    if values.numel() > max(1, b1.numel() // 256):
+        return [torch.arange(b1.numel())]
+    return [torch.nonzero(group_of == g).flatten() for g in range(values.numel())]
 
 
 def default_device() -> torch.device:

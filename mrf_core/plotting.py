@@ -46,3 +46,23 @@ def plot_fingerprints(
     ax_sig.legend(fontsize=8, loc="upper right")
     ax_sig.grid(alpha=0.3)
     save_figure(fig, path)
+
+
+def plot_basis(basis, schedule: FispSchedule, path: str | Path) -> None:
+    """Residual energy by rank (log) beside the basis vectors over time."""
+    plt = _pyplot()
+    fig, (ax_energy, ax_vectors) = plt.subplots(1, 2, figsize=(11, 4))
+    ranks = np.arange(1, min(30, basis.n_timepoints) + 1)
+    ax_energy.semilogy(ranks, [max(basis.residual_energy(k), 1e-12) for k in ranks], "o-", ms=3)
+    ax_energy.axvline(basis.rank, color="0.5", ls="--", lw=1)
+    ax_energy.set_xlabel("rank")
+    ax_energy.set_ylabel("residual energy (fraction)")
+    ax_energy.set_title(f"SVD of the dictionary (rank {basis.rank} chosen)")
+    ax_energy.grid(alpha=0.3, which="both")
+    time_s = np.cumsum(schedule.tr_ms) / 1000.0
+    for k in range(min(basis.rank, 5)):
+        ax_vectors.plot(time_s, basis.vectors[:, k], lw=1, label=f"component {k + 1}")
+    ax_vectors.set_xlabel("time (s)")
+    ax_vectors.set_title("temporal basis vectors")
+    ax_vectors.legend(fontsize=8)
+    save_figure(fig, path)

@@ -194,11 +194,11 @@ class FispSchedule:
     # ---- CSV: columns index, flip_angle_deg, tr_ms; scalars in '# key = value' comment lines -------
     def to_csv(self) -> str:
         out = io.StringIO()
-        out.write(f"# name = {self.name}\n# te_ms = {self.te_ms!r}\n# inversion = {self.inversion}\n")
-        out.write(f"# ti_ms = {self.ti_ms!r}\n# rf_phase_deg = {self.rf_phase_deg!r}\n")
+        out.write(f"# name = {self.name}\n# te_ms = {float(self.te_ms)!r}\n# inversion = {self.inversion}\n")
+        out.write(f"# ti_ms = {float(self.ti_ms)!r}\n# rf_phase_deg = {float(self.rf_phase_deg)!r}\n")
         out.write("index,flip_angle_deg,tr_ms\n")
         for i, (fa, tr) in enumerate(zip(self.flip_angle_deg, self.tr_ms, strict=True)):
-            out.write(f"{i},{fa!r},{tr!r}\n")
+            out.write(f"{i},{float(fa)!r},{float(tr)!r}\n")
         return out.getvalue()
 
     @classmethod

@@ -14,7 +14,7 @@ import sys
 import mrf_core
 
 # Subcommand modules of mrf_core.cli, in the order --help lists them.
-SUBCOMMANDS = ("signal", "demo")
+SUBCOMMANDS = ("signal", "simulate", "dictionary", "demo")
 
 
 class CliError(Exception):

@@ -1,0 +1,115 @@
+"""Dictionary matching: exact recovery, pruned == exhaustive, PD, and unmatched voxels."""
+
+import numpy as np
+import pytest
+import torch
+
+from mrf_core.dictionary import DictionaryError, build_dictionary, percent_grid
+from mrf_core.epg import simulate_fisp
+from mrf_core.matching import match
+from mrf_core.sequence import default_schedule
+
+
+@pytest.fixture(scope="module")
+def dictionary():
+    grid = percent_grid(8, (20, 3000), (5, 1000), b1_axis=(0.85, 1.0, 1.15))
+    return build_dictionary(default_schedule().truncated(200), grid, n_states=30, rank=10, device="cpu",
+                            progress=False)
+
+
+def noisy_voxels(dictionary, n, noise, seed=0):
+    rng = np.random.default_rng(seed)
+    t1 = np.exp(rng.uniform(np.log(40), np.log(2500), n))
+    t2 = np.minimum(t1 * np.exp(rng.uniform(np.log(0.03), np.log(0.6), n)), 900)
+    b1 = rng.uniform(0.88, 1.12, n)
+    pd = rng.uniform(0.3, 2.0, n) * np.exp(1j * rng.uniform(-np.pi, np.pi, n))
+    clean = simulate_fisp(dictionary.schedule, t1, t2, b1, n_states=30, device="cpu").numpy() * pd[:, None]
+    scale = noise * np.abs(clean).mean()
+    return clean + scale * (rng.normal(size=clean.shape) + 1j * rng.normal(size=clean.shape))
+
+
+@pytest.mark.parametrize("domain", ["time", "subspace"])
+@pytest.mark.parametrize("search", ["exhaustive", "pruned"])
+def test_atoms_are_recovered_exactly_with_pd(dictionary, domain, search):
+    pick = np.arange(0, dictionary.n_atoms, 37)
+    pd = (0.5 + np.arange(pick.size) / pick.size) * np.exp(1j * np.linspace(-3, 3, pick.size))
+    signals = dictionary.signals(pick) * pd[:, None].astype(np.complex64)
+    data = signals if domain == "time" else dictionary.basis.project(signals)
+    result = match(dictionary, data, domain=domain, search=search, stride=3, device="cpu")
+    # the atom itself, or a neighbour whose normalised fingerprint is the same to float32 precision
+    # (short-T2 neighbours are): a different atom must correlate with the true one to 1 - 1e-6
+    f = dictionary.fingerprints.astype(np.float64)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    correlation = np.sum(f[result.atom_index] * f[pick], axis=1)
+    assert np.all((result.atom_index == pick) | (correlation > 1 - 1e-6))
+    assert np.mean(result.atom_index == pick) > 0.9
+    same = result.atom_index == pick
+    np.testing.assert_allclose(result.pd[same], pd[same], rtol=2e-3 if domain == "subspace" else 1e-4)
+    assert result.score.min() > 0.999
+
+
+def exact_best(dictionary, coefficients):
+    """Reference: float64 argmax of |d^T x| over all atoms, normalised in float32 as the matcher does (so
+    that near-duplicate atoms are the same numbers on both sides)."""
+    compressed = torch.as_tensor(dictionary.compressed)
+    atoms = (compressed / torch.linalg.vector_norm(compressed, dim=1, keepdim=True)).double().numpy()
+    x = coefficients.astype(np.complex128)
+    return np.argmax(np.abs(x @ atoms.T), axis=1)
+
+
+@pytest.mark.parametrize("noise", [0.01, 0.3])
+@pytest.mark.parametrize("stride", [2, 4])
+def test_pruned_search_is_exact(dictionary, noise, stride):
+    coefficients = dictionary.basis.project(noisy_voxels(dictionary, 1500, noise))
+    pruned = match(dictionary, coefficients, search="pruned", stride=stride, device="cpu")
+    np.testing.assert_array_equal(pruned.atom_index, exact_best(dictionary, coefficients))
+    exhaustive = match(dictionary, coefficients, search="exhaustive", device="cpu")
+    np.testing.assert_allclose(pruned.score, exhaustive.score, atol=1e-6)
+
+
+def test_noisy_off_grid_parameters_are_close(dictionary):
+    rng_voxels = noisy_voxels(dictionary, 400, 0.02, seed=3)
+    result = match(dictionary, dictionary.basis.project(rng_voxels), device="cpu")
+    rng = np.random.default_rng(3)
+    t1 = np.exp(rng.uniform(np.log(40), np.log(2500), 400))
+    assert np.median(np.abs(result.t1_ms / t1 - 1)) < 0.05  # an 8 % grid: half a step is 4 %
+
+
+def test_small_memory_budget_gives_same_result(dictionary):
+    coefficients = dictionary.basis.project(noisy_voxels(dictionary, 700, 0.05))
+    a = match(dictionary, coefficients, search="exhaustive", device="cpu")
+    b = match(dictionary, coefficients, search="exhaustive", max_memory_mb=0.01, device="cpu")
+    np.testing.assert_array_equal(a.atom_index, b.atom_index)
+
+
+def test_unmatched_voxels_are_documented_values(dictionary):
+    coefficients = dictionary.basis.project(noisy_voxels(dictionary, 12, 0.01)).reshape(3, 4, -1)
+    coefficients[0, 0] = 0
+    coefficients[0, 1, 2] = np.nan
+    coefficients[1, 1, 0] = np.inf
+    mask = np.ones((3, 4), bool)
+    mask[2, 3] = False
+    result = match(dictionary, torch.as_tensor(coefficients), mask=mask, device="cpu")
+    unmatched = np.zeros((3, 4), bool)
+    unmatched[0, 0] = unmatched[0, 1] = unmatched[1, 1] = unmatched[2, 3] = True
+    assert result.t1_ms.shape == (3, 4)
+    np.testing.assert_array_equal(result.matched, ~unmatched)
+    assert np.all(np.isnan(result.t1_ms[unmatched])) and np.all(np.isnan(result.t2_ms[unmatched]))
+    assert np.all(result.pd[unmatched] == 0) and np.all(result.score[unmatched] == 0)
+    assert np.all(result.atom_index[unmatched] == -1)
+    assert np.all(np.isfinite(result.t1_ms[~unmatched]))
+    empty = match(dictionary, np.zeros((5, dictionary.basis.rank), np.complex64), device="cpu")
+    assert not empty.matched.any()
+
+
+def test_bad_input_is_named(dictionary):
+    with pytest.raises(DictionaryError, match="needs data with 10 values on the last axis; got shape"):
+        match(dictionary, np.zeros((4, 7), np.complex64), device="cpu")
+    with pytest.raises(DictionaryError, match="mask has shape"):
+        match(dictionary, np.ones((4, 10), np.complex64), mask=np.ones(3, bool), device="cpu")
+    with pytest.raises(ValueError, match="search = 'fast'"):
+        match(dictionary, np.ones((4, 10), np.complex64), search="fast", device="cpu")
+    compressed_only = build_dictionary(dictionary.schedule, percent_grid(30), n_states=20,
+                                       keep_fingerprints=False, device="cpu", progress=False)
+    with pytest.raises(DictionaryError, match="compressed-only"):
+        match(compressed_only, np.ones((2, 200), np.complex64), domain="time", device="cpu")
