@@ -44,9 +44,11 @@ def register(sub) -> None:
 def run_build(args) -> int:
     import numpy as np
 
+    from mrf_core.atomic_io import check_writable
     from mrf_core.dictionary import GRIDS, build_dictionary
     from mrf_core.sequence import load_schedule
 
+    check_writable(args.out)
     schedule = load_schedule(args.schedule)
     if args.timepoints is not None:
         schedule = schedule.truncated(args.timepoints)
