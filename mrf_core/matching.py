@@ -37,7 +37,7 @@ AUTO_EXHAUSTIVE_MAX_ATOMS = 20_000
 DEFAULT_MAX_MEMORY_MB = 1024
 DEFAULT_STRIDE = 6
 _ATOM_BLOCK = 8192  # atoms per block in the exhaustive search: scores of a voxel block stay in cache
-_PAIR_BLOCK = 65536  # (voxel, cluster) pairs evaluated at once in the pruned search
+_PAIR_BLOCK = 16384  # (voxel, cluster) pairs evaluated at once in the pruned search (~50 MB float64)
 
 
 @dataclass
@@ -57,7 +57,7 @@ class MatchResult:
 
 
 class _Atoms:
-    """The dictionary's real atoms in one domain, normalised, on a device, with grid neighbour lookup."""
+    """The dictionary's real atoms in one domain (subspace or time), normalised, on a device."""
 
     def __init__(self, dictionary: Dictionary, domain: str, device: torch.device):
         if domain == "subspace":
