@@ -7,7 +7,8 @@ with names. Pixel (row i, column j) sits at x = (j - N//2) * fov/N, y = (i - N//
 Placement (`Placement`): the object is shifted (mm), rotated (degrees, turning +x towards +y) and
 scaled in plane before it is sampled on the grid, so QA sees phantoms where a technologist puts them.
 A B1 field, when asked for, is fixed to the scanner (it does not move with the object) and quantised
-to B1_STEP (the simulator groups voxels by B1 value).
+to B1_STEP = 0.005, finer than any B1 map or dictionary grid, so that voxels share B1 values and the EPG
+simulates them on its one-rotation-per-TR path.
 
 NIST system phantom (Stupic et al., MRM 86:1194, 2021): a 200 mm sphere; the T1 (NiCl2) and T2 (MnCl2)
 arrays each hold 14 spheres of 15 mm inner diameter, 10 on a 50 mm-radius ring and 4 on a 28 mm

@@ -61,7 +61,8 @@ class SimulationSetupError(ValueError):
 class ScanSettings:
     """Receive chain, noise, slice geometry and numerics of a simulated scan (the spiral and the
     schedule are separate). snr None: noiseless. block_mb: memory for the transformed coefficient
-    images of one block of interleaves (the standard scan needs ~400 MB for all 48 at once)."""
+    images of one block of interleaves (rank x coils x interleaves x samples x 8 bytes: ~180 MB for
+    all 48 interleaves of the standard scan at rank 14; golden-angle scans go in blocks)."""
 
     n_coils: int = 16
     snr: float | None = 40.0
@@ -111,18 +112,16 @@ class SliceModel:
 
 
 def _fingerprints(schedule: FispSchedule, atoms: np.ndarray, n_states: int) -> Iterator[tuple[slice, np.ndarray]]:
-    """Real fingerprints of atoms (b1, t1_ms, t2_ms) sorted by B1, in chunks: (rows, (n, T) float32).
+    """Real fingerprints of atoms (b1, t1_ms, t2_ms), in chunks: (rows, (n, n_timepoints) float32).
 
-    One EPG call per B1 value keeps the EPG on its single-rotation-per-TR path (the phantoms quantise
-    B1 to a step, so there are few values)."""
+    Atoms come sorted by B1, so a chunk holds few B1 values and the EPG groups them onto its
+    one-rotation-per-TR path (the phantoms quantise B1 for this)."""
     conj_phase = complex(np.exp(-1j * math.radians(schedule.rf_phase_deg)))
-    edges = [0, *(np.flatnonzero(np.diff(atoms[:, 0])) + 1), len(atoms)]
-    for start, stop in itertools.pairwise(edges):
-        for lo in range(start, stop, _EPG_CHUNK):
-            hi = min(lo + _EPG_CHUNK, stop)
-            signal = simulate_fisp(schedule, atoms[lo:hi, 1], atoms[lo:hi, 2], float(atoms[lo, 0]),
-                                   n_states=n_states, device="cpu").numpy()
-            yield slice(lo, hi), np.ascontiguousarray((signal * conj_phase).imag)
+    for lo in range(0, len(atoms), _EPG_CHUNK):
+        rows = slice(lo, min(lo + _EPG_CHUNK, len(atoms)))
+        signal = simulate_fisp(schedule, atoms[rows, 1], atoms[rows, 2], atoms[rows, 0], n_states=n_states,
+                               device="cpu").numpy()
+        yield rows, np.ascontiguousarray((signal * conj_phase).imag)
 
 
 def subspace_model(
@@ -171,13 +170,13 @@ def subspace_model(
 
 @dataclass
 class SimulationStats:
-    """Where the time went (seconds) and what the subspace did, filled in while simulating."""
+    """Where the time went (seconds; "readouts": synthesis and noise, not the consumer's writing) and
+    what the subspace did, filled in while simulating."""
 
     seconds: dict[str, float] = field(default_factory=lambda: {"epg_subspace": 0.0, "nufft": 0.0, "readouts": 0.0})
     ranks: list[int] = field(default_factory=list)
     residuals: list[float] = field(default_factory=list)
     n_atoms: list[int] = field(default_factory=list)
-    n_acquisitions_written: int = 0
 
 
 class SimulatedScan:
@@ -303,26 +302,25 @@ class SimulatedScan:
             for t_start, t_stop, interleaves in self._blocks(model.rank):
                 kspace = self._kspace_basis(model, s, interleaves)
                 position = {j: i for i, j in enumerate(interleaves)}
-                started = time.perf_counter()
                 for t in range(t_start, t_stop):
                     for r, j in enumerate(spiral.interleaves_of_tr(t)):
+                        started = time.perf_counter()
                         data = np.tensordot(model.basis[t].astype(np.float32), kspace[:, :, position[j]], axes=1)
                         if self.noise_sigma:
                             data += correlated_noise(rng, cholesky, self.noise_sigma, spiral.n_samples)
                         acq = self._acquisition(data, spiral.traj(j), next(counter),
                                                 first_ms + s * slice_ms + pulse_ms[t], s)
                         self.settings.index_map.set(acq, t, j, s)
-                        first, last = t == 0 and r == 0, t == schedule.n_timepoints - 1 and r == per_tr - 1
-                        if first:
+                        if t == 0 and r == 0:
                             acq.set_flag(ismrmrd.ACQ_FIRST_IN_SLICE)
-                        if last:
+                        if t == schedule.n_timepoints - 1 and r == per_tr - 1:
                             acq.set_flag(ismrmrd.ACQ_LAST_IN_SLICE)
                             if s == len(self.models) - 1:
                                 acq.set_flag(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
-                        self.stats.n_acquisitions_written += 1
+                        self.stats.seconds["readouts"] += time.perf_counter() - started
                         yield acq
                         bar.update()
-                self.stats.seconds["readouts"] += time.perf_counter() - started
+                del kspace  # before the next block's is made: one block in memory at a time
         bar.close()
 
     def _blocks(self, rank: int) -> Iterator[tuple[int, int, list[int]]]:
