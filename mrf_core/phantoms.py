@@ -127,8 +127,9 @@ class Phantom:
         if not (math.isfinite(self.fov_mm) and self.fov_mm > 0):
             raise PhantomError(f"fov_mm = {self.fov_mm} must be > 0")
         inside = self.mask
-        if not inside.any():
-            raise PhantomError(f"phantom {self.name!r} has no object voxel (pd > 0 nowhere in the FOV)")
+        empty = np.flatnonzero(~inside.any(axis=(1, 2)))
+        if empty.size:
+            raise PhantomError(f"phantom {self.name!r} slice {empty[0]} has no object voxel (pd > 0 nowhere)")
         checks = (
             ("pd", ~np.isfinite(self.pd) | (self.pd < 0), "must be finite and >= 0"),
             ("t1_ms", inside & ~(self.t1_ms > 0), "must be > 0 where pd > 0"),

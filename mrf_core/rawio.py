@@ -275,15 +275,16 @@ class AcquisitionValidator:
             )
         interleave = info.index_map.get(acq, "interleave")
         spiral = info.spiral
-        if spiral is not None and spiral.rotation == "sequential" and interleave >= spiral.n_interleaves:
+        n_interleaves = spiral.n_interleaves if spiral is not None and spiral.rotation == "sequential" else None
+        if interleave < 0 or (n_interleaves is not None and interleave >= n_interleaves):
             raise RawAcquisitionError(
                 f"{where}: interleave {info.index_map.interleave} = {interleave} is outside "
-                f"[0, {spiral.n_interleaves}) (n_interleaves of the trajectoryDescription)"
+                f"[0, {n_interleaves or 'inf'}) (n_interleaves of the trajectoryDescription)"
             )
         slice_ = info.index_map.get(acq, "slice")
-        if info.n_slices is not None and slice_ >= info.n_slices:
+        if slice_ < 0 or (info.n_slices is not None and slice_ >= info.n_slices):
             raise RawAcquisitionError(
-                f"{where}: slice {info.index_map.slice} = {slice_} is outside [0, {info.n_slices}) "
+                f"{where}: slice {info.index_map.slice} = {slice_} is outside [0, {info.n_slices or 'inf'}) "
                 "(encodingLimits)"
             )
         return Readout(number, timepoint, interleave, slice_, self._data(acq, where),

@@ -155,8 +155,8 @@ def subspace_model(
     eigenvalues, eigenvectors = np.clip(eigenvalues[::-1], 0, None), eigenvectors[:, ::-1]
     total = eigenvalues.sum()
     left_out = (total - np.cumsum(eigenvalues)) / total if total > 0 else np.zeros(n_t)
-    rank = min(int(np.argmax(left_out <= svd_tolerance)) + 1 if np.any(left_out <= svd_tolerance) else n_t,
-               max_rank, len(atoms), n_t)
+    enough = np.flatnonzero(left_out <= svd_tolerance)
+    rank = min(int(enough[0]) + 1 if enough.size else n_t, max_rank, len(atoms))
     basis = np.ascontiguousarray(eigenvectors[:, :rank])
     coeff_atoms = np.empty((len(atoms), rank))
     for rows, f in cache if cache is not None else _fingerprints(schedule, atoms, n_states):

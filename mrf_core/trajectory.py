@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse
@@ -152,10 +152,6 @@ class SpiralParams:
         if missing:
             raise TrajectoryError(f"trajectoryDescription {TRAJECTORY_ID!r} lacks the parameter {missing[0]!r}")
         return cls(**{k: v for k, v in values.items() if k in known}), n_samples
-
-    def describe(self) -> str:
-        d = asdict(self)
-        return ", ".join(f"{k} {v}" for k, v in d.items() if v is not None)
 
 
 @dataclass(frozen=True, eq=False)

@@ -172,8 +172,11 @@ def test_phantom_validation_names_map_and_voxel():
         Phantom("x", ones * 0, ones, ones, ones, ones, {}, 100.0)
     with pytest.raises(PhantomError, match="b1"):
         Phantom("x", ones * 900, ones * 50, ones, ones * 4, ones, {}, 100.0)
-    with pytest.raises(PhantomError, match="no object voxel"):
-        Phantom("x", ones, ones, ones * 0, ones, ones, {}, 100.0)
+    two = np.ones((2, 8, 8))
+    pd = two.copy()
+    pd[1] = 0
+    with pytest.raises(PhantomError, match="slice 1 has no object voxel"):
+        Phantom("x", two * 900, two * 50, pd, two, two, {}, 100.0)
 
 
 def test_make_phantom_names():

@@ -98,7 +98,8 @@ def test_index_map_from_the_header_or_given(tmp_path, sim_small_scan):
     moved = SimulatedScan(scan.phantom, scan.schedule, scan.spiral.params,
                           ScanSettings(n_coils=3, snr=None, index_map=imap))
     path = tmp_path / "user.h5"
-    write_raw(path, moved.header, moved.acquisitions())
+    acquisitions = list(moved.acquisitions())
+    write_raw(path, moved.header, acquisitions)
     with MrfRawFile(path) as raw:
         assert raw.info.index_map == imap
         readouts = list(raw.readouts())
@@ -107,6 +108,9 @@ def test_index_map_from_the_header_or_given(tmp_path, sim_small_scan):
         assert raw.truth() is None
     with MrfRawFile(path, index_map=IndexMap()) as raw:  # told the wrong fields: every time point is 0
         assert {r.timepoint for r in raw.readouts()} == {0}
+    acquisitions[7].user_int[0] = -1  # user_int is signed: out of range below too
+    with pytest.raises(RawAcquisitionError, match="acquisition 7: time point user_int\\[0\\] = -1 is outside"):
+        _write_and_read(tmp_path, moved.header, acquisitions)
     assert IndexMap.from_string("timepoint=idx.user[0], slice=slice").timepoint == "user[0]"
     for bad in ("timepoint=user_int[9]", "time=repetition", "timepoint=slice"):
         with pytest.raises(RawHeaderError):

@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage
 
 from mrf_core.cli import main
+from mrf_core.coil_sim import CoilError, birdcage_sensitivities, noise_covariance
 from mrf_core.epg import simulate_fisp
 from mrf_core.phantoms import Phantom, brain_phantom, nist_phantom, pixel_coords_mm
 from mrf_core.rawio import TIMESTAMP_TICK_MS, MrfRawFile, write_raw
@@ -249,3 +250,24 @@ def test_cli_bad_input_is_one_clear_line_and_no_file(tmp_path, capsys, args, mes
 def test_cli_unwritable_output_fails_before_simulating(tmp_path, capsys):
     assert main([*_cli(tmp_path), "--phantom", "brain", "--out", str(tmp_path / "missing" / "scan.h5")]) == 2
     assert "cannot write the output" in capsys.readouterr().err
+
+
+def test_coil_sensitivities_and_noise_covariance():
+    maps = birdcage_sensitivities(8, 48, 240.0, slice_positions_mm=(-20.0, 0.0))
+    np.testing.assert_allclose(np.sum(np.abs(maps) ** 2, axis=0), 1.0, rtol=1e-5)
+    x, y = pixel_coords_mm(48, 240.0)
+    strongest = np.unravel_index(np.argmax(np.abs(maps[0, 1])), x.shape)
+    assert x[strongest] > 100 and abs(y[strongest]) < 20  # coil 0 sits at +x
+    strongest = np.unravel_index(np.argmax(np.abs(maps[2, 1])), x.shape)
+    assert y[strongest] > 100  # coil 2 (90 deg on) sits at +y
+    assert not np.allclose(maps[:, 0], maps[:, 1])  # slices see the ring from different distances
+    psi = noise_covariance(maps, correlation=0.4)
+    np.testing.assert_allclose(psi, psi.conj().T)
+    assert np.linalg.eigvalsh(psi).min() > 0 and np.mean(np.diag(psi).real) == pytest.approx(1.0)
+    neighbours, opposite = abs(psi[0, 1]) / abs(psi[0, 0]), abs(psi[0, 4]) / abs(psi[0, 0])
+    assert neighbours > opposite  # overlapping fields couple more noise
+    assert np.allclose(noise_covariance(maps, correlation=0.0), np.diag(np.diag(noise_covariance(maps, 0.0))))
+    with pytest.raises(CoilError, match="noise correlation = 1"):
+        noise_covariance(maps, correlation=1.0)
+    with pytest.raises(CoilError, match="n_coils = 0"):
+        birdcage_sensitivities(0, 16, 200.0)

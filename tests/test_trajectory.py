@@ -36,6 +36,8 @@ def test_standard_spiral_reaches_the_edge_within_hardware_limits():
     assert np.abs(grad).max() > 0.95 * STANDARD.max_grad_mT_per_m  # gradient-limited at the end
     assert np.abs(slew).max() <= STANDARD.max_slew_T_per_m_per_s * 1.01
     assert np.abs(np.diff(k)).max() <= 1.0  # Nyquist along the readout
+    assert spiral.peak_grad_mT_per_m <= STANDARD.max_grad_mT_per_m
+    assert spiral.peak_slew_T_per_m_per_s <= STANDARD.max_slew_T_per_m_per_s * 1.01  # Euler step: < 1 % over
 
 
 def test_density_matches_the_interleaves_that_sample_centre_and_edge():
