@@ -32,6 +32,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_epg.py
 	$(PY) benchmarks/bench_matching.py
+	$(PY) benchmarks/bench_simulate.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -300,6 +300,8 @@ class FispSchedule:
         if len(tr) == 1 and len(fa) > 1:
             tr = tr * len(fa)  # a constant TR written once
         te = list(params.TE or [])
+        if not te:
+            raise ScheduleError("ISMRMRD header sequenceParameters has no TE")
         ti = list(params.TI or [])
         phase, name = 0.0, "from-header"
         if header.userParameters is not None:
@@ -312,7 +314,7 @@ class FispSchedule:
         return cls(
             flip_angle_deg=np.asarray(fa, dtype=np.float64),
             tr_ms=np.asarray(tr, dtype=np.float64),
-            te_ms=float(te[0]) if te else JIANG_TE_MS,
+            te_ms=float(te[0]),
             inversion=bool(ti),
             ti_ms=float(ti[0]) if ti else 0.0,
             rf_phase_deg=phase,

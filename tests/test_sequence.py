@@ -37,6 +37,7 @@ def test_hash_stable_through_json_csv_and_header(tmp_path):
     parsed = ismrmrd.xsd.CreateFromDocument(ismrmrd.xsd.ToXML(header))
     assert FispSchedule.from_ismrmrd(parsed).hash == s.hash
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv", "s.json"]  # no temporary files left
+    assert (tmp_path / "s.json").stat().st_mode & 0o044  # readable by others, like a plain open()
 
 
 def test_hash_sees_signal_shaping_fields_not_the_name():
@@ -97,6 +98,9 @@ def test_header_without_schedule_is_named():
         FispSchedule.from_ismrmrd(header)
     header.sequenceParameters = ismrmrd.xsd.sequenceParametersType(TR=[12.0])
     with pytest.raises(ScheduleError, match="no flipAngle_deg"):
+        FispSchedule.from_ismrmrd(header)
+    header.sequenceParameters = ismrmrd.xsd.sequenceParametersType(TR=[12.0], flipAngle_deg=[10.0])
+    with pytest.raises(ScheduleError, match="no TE"):
         FispSchedule.from_ismrmrd(header)
 
 
