@@ -33,7 +33,7 @@ from mrf_core.epg import default_device
 
 log = logging.getLogger(__name__)
 
-AUTO_EXHAUSTIVE_MAX_ATOMS = 20_000
+AUTO_EXHAUSTIVE_MAX_ATOMS = 10_000  # bench_matching: at 12k atoms pruned already takes half the time
 DEFAULT_MAX_MEMORY_MB = 1024
 DEFAULT_STRIDE = 6
 _ATOM_BLOCK = 8192  # atoms per block in the exhaustive search: scores of a voxel block stay in cache
