@@ -66,3 +66,11 @@ def test_unwritable_output_leaves_nothing(tmp_path, capsys):
     target = tmp_path / "missing_folder" / "d.h5"
     assert main(["dictionary", "build", "--step-pct", "40", "--timepoints", "20", "-o", str(target)]) == 2
     assert "does not exist" in capsys.readouterr().err and not target.parent.exists()
+
+
+def test_demo_writes_its_outputs(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for name in ("fingerprints.png", "basis.png", "dictionary_5pct.h5", "nist_t1_scan.h5", "nist_t1_scan.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    assert "white matter" in out and "matched T1" in out
