@@ -248,25 +248,24 @@ class AcquisitionValidator:
         self.n_channels = info.n_channels
         self._spiral = design_spiral(info.spiral) if info.spiral is not None else None
 
+    @staticmethod
+    def _agree(where: str, field: str, value: int, expected: int | None, source: str | None) -> int:
+        """`value`, checked against `expected` (from the header `source`, or from the first readout)."""
+        if expected is not None and value != expected:
+            raise RawAcquisitionError(
+                f"{where}: {field} = {value} disagrees with {expected} from {source or 'the first readout'}"
+            )
+        return value
+
     def readout(self, acq, number: int) -> Readout:
         info, where = self.info, f"acquisition {number}"
         n_samples, n_channels = int(acq.number_of_samples), int(acq.active_channels)
         if n_samples == 0:
             raise RawAcquisitionError(f"{where}: number_of_samples = 0")
-        if self.n_samples is None:
-            self.n_samples = n_samples
-        if n_samples != self.n_samples:
-            source = "the trajectoryDescription" if info.n_samples is not None else "the first readout"
-            raise RawAcquisitionError(
-                f"{where}: number_of_samples = {n_samples} disagrees with {self.n_samples} from {source}"
-            )
-        if self.n_channels is None:
-            self.n_channels = n_channels
-        if n_channels != self.n_channels:
-            source = "receiverChannels in the header" if info.n_channels is not None else "the first readout"
-            raise RawAcquisitionError(
-                f"{where}: active_channels = {n_channels} disagrees with {self.n_channels} from {source}"
-            )
+        self.n_samples = self._agree(where, "number_of_samples", n_samples, self.n_samples,
+                                     "the trajectoryDescription" if info.n_samples is not None else None)
+        self.n_channels = self._agree(where, "active_channels", n_channels, self.n_channels,
+                                      "receiverChannels in the header" if info.n_channels is not None else None)
         timepoint = info.index_map.get(acq, "timepoint")
         if not 0 <= timepoint < info.schedule.n_timepoints:
             raise RawAcquisitionError(
