@@ -2,7 +2,7 @@
 
 Atoms are ordered B1 (slowest), T1, T2 (fastest), so a generation chunk mostly shares one B1 and the
 simulator's fast path applies. Every atom keeps its integer position on the grid's axes (`grid_index`),
-which the coarse-to-fine matcher uses to find an atom's neighbours.
+which the pruned matcher uses to group neighbouring atoms.
 
 Fingerprints are stored real (float32): signal = signal_phase * fingerprint (see mrf_core.epg).
 """
@@ -17,10 +17,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mrf_core.atomic_io import atomic_path
-from mrf_core.epg import DEFAULT_CHUNK_ATOMS, DEFAULT_N_STATES, default_device, simulate_fisp
+from mrf_core.epg import DEFAULT_CHUNK_ATOMS, DEFAULT_N_STATES, signal_phase, simulate_fingerprints
 from mrf_core.sequence import FispSchedule, ScheduleError
 from mrf_core.temporal_basis import TemporalBasis, basis_from_fingerprints
 
@@ -272,20 +271,13 @@ def build_dictionary(
     chunk_atoms: int = DEFAULT_CHUNK_ATOMS,
     progress: bool = True,
 ) -> Dictionary:
-    """Simulate every atom of `grid` in chunks (with a progress bar), then the SVD basis and the compressed
+    """Simulate every atom of `grid` (in chunks, with a progress bar), then the SVD basis and the compressed
     atoms. `rank` or `residual_energy` choose the basis size (default rank 10)."""
     t1, t2, b1, index = grid.atoms()
-    device = torch.device(device) if device is not None else default_device()
     start = time.perf_counter()
-    fingerprints = np.empty((t1.size, schedule.n_timepoints), dtype=np.float32)
-    phase = 1j * np.exp(1j * np.deg2rad(schedule.rf_phase_deg))
-    for lo in tqdm(range(0, t1.size, chunk_atoms), desc=f"dictionary {grid.name}", unit="chunk",
-                   disable=not progress):
-        hi = min(lo + chunk_atoms, t1.size)
-        signals = simulate_fisp(schedule, t1[lo:hi], t2[lo:hi], b1[lo:hi], n_states=n_states, device=device,
-                                chunk_atoms=chunk_atoms)
-        fingerprints[lo:hi] = (signals * complex(np.conj(phase))).real.cpu().numpy()
-    basis = basis_from_fingerprints(fingerprints, complex(phase), schedule.hash, rank, residual_energy)
+    fingerprints = simulate_fingerprints(schedule, t1, t2, b1, n_states=n_states, device=device,
+                                         chunk_atoms=chunk_atoms, progress=progress).cpu().numpy()
+    basis = basis_from_fingerprints(fingerprints, signal_phase(schedule), schedule.hash, rank, residual_energy)
     compressed = basis.project_real(fingerprints)
     return Dictionary(
         schedule=schedule, grid=grid, t1_ms=t1.astype(np.float32), t2_ms=t2.astype(np.float32),

@@ -144,8 +144,13 @@ def _simulate_chunk(
     return out
 
 
+def signal_phase(schedule: FispSchedule) -> complex:
+    """The common phase of every fingerprint of `schedule`: signal = signal_phase * real fingerprint."""
+    return 1j * complex(math.cos(math.radians(schedule.rf_phase_deg)), math.sin(math.radians(schedule.rf_phase_deg)))
+
+
 @torch.no_grad()
-def simulate_fisp(
+def simulate_fingerprints(
     schedule: FispSchedule,
     t1_ms,
     t2_ms,
@@ -155,24 +160,28 @@ def simulate_fisp(
     chunk_atoms: int = DEFAULT_CHUNK_ATOMS,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Fingerprints of atoms (T1 ms, T2 ms, B1 relative): complex64 tensor (n_atoms, n_timepoints).
+    """Real fingerprints of atoms (T1 ms, T2 ms, B1 relative): float32 tensor (n_atoms, n_timepoints), with
+    signal = signal_phase(schedule) * fingerprint (the module docstring says why it is real).
 
-    The signal is the transverse magnetisation F+0 at TE of each TR, relative to M0 = 1. Atoms are
-    simulated in chunks of `chunk_atoms` on `device` (default: CUDA when available, else CPU); the
-    result stays on that device. `n_states`: see the module docstring for the truncation error.
+    Atoms are simulated in chunks of `chunk_atoms` on `device` (default: CUDA when available, else CPU);
+    the result stays on that device. `n_states`: see the module docstring for the truncation error.
     """
     if n_states < 2:
         raise SimulationError(f"n_states = {n_states} must be >= 2")
     t1, t2, b1 = validate_tissue(t1_ms, t2_ms, b1)
     device = torch.device(device) if device is not None else default_device()
-    n_atoms = t1.numel()
-    signal = torch.empty(n_atoms, schedule.n_timepoints, dtype=torch.complex64, device=device)
-    phase = complex(math.cos(math.radians(schedule.rf_phase_deg)), math.sin(math.radians(schedule.rf_phase_deg)))
+    fingerprints = torch.empty(t1.numel(), schedule.n_timepoints, device=device)
     chunks = [ids[i : i + chunk_atoms] for ids in _b1_groups(b1) for i in range(0, ids.numel(), chunk_atoms)]
     for ids in tqdm(chunks, desc="EPG", unit="chunk", disable=not progress or len(chunks) < 2):
-        f_plus = _simulate_chunk(schedule, t1[ids], t2[ids], b1[ids], n_states, device)
-        signal[ids.to(device)] = torch.complex(torch.zeros_like(f_plus), f_plus).T * phase
-    return signal
+        fingerprints[ids.to(device)] = _simulate_chunk(schedule, t1[ids], t2[ids], b1[ids], n_states, device).T
+    return fingerprints
+
+
+def simulate_fisp(schedule: FispSchedule, t1_ms, t2_ms, b1=1.0, **options) -> torch.Tensor:
+    """Signals of atoms: complex64 tensor (n_atoms, n_timepoints), the transverse magnetisation F+0 at TE
+    of each TR relative to M0 = 1. `options` as for simulate_fingerprints."""
+    fingerprints = simulate_fingerprints(schedule, t1_ms, t2_ms, b1, **options)
+    return fingerprints.to(torch.complex64) * signal_phase(schedule)
 
 
 def _b1_groups(b1: torch.Tensor) -> list[torch.Tensor]:

@@ -1,6 +1,6 @@
 """Spiral MRF raw-data simulator: phantom + schedule + spiral + coils + noise -> ISMRMRD acquisitions.
 
-Signal: every object voxel's fingerprint comes from the EPG (`simulate_fisp`) at that voxel's own
+Signal: every object voxel's fingerprint comes from the EPG (`simulate_fingerprints`) at that voxel's own
 (continuous) T1, T2 and B1, times its PD; voxels that share all three values share one simulation.
 The EPG signal is i exp(i rf_phase) times a real fingerprint (see mrf_core.epg), so the slice's
 fingerprints are compressed in real arithmetic to a temporal subspace: U (n_timepoints, K), the
@@ -40,7 +40,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mrf_core.coil_sim import birdcage_sensitivities, correlated_noise, noise_covariance
-from mrf_core.epg import DEFAULT_N_STATES, simulate_fisp
+from mrf_core.epg import DEFAULT_N_STATES, signal_phase, simulate_fingerprints
 from mrf_core.phantoms import Phantom
 from mrf_core.rawio import INDEX_MAP_PARAMETER, TIMESTAMP_TICK_MS, GroundTruth, IndexMap, write_raw
 from mrf_core.sequence import FispSchedule
@@ -116,12 +116,10 @@ def _fingerprints(schedule: FispSchedule, atoms: np.ndarray, n_states: int) -> I
 
     Atoms come sorted by B1, so a chunk holds few B1 values and the EPG groups them onto its
     one-rotation-per-TR path (the phantoms quantise B1 for this)."""
-    conj_phase = complex(np.exp(-1j * math.radians(schedule.rf_phase_deg)))
     for lo in range(0, len(atoms), _EPG_CHUNK):
         rows = slice(lo, min(lo + _EPG_CHUNK, len(atoms)))
-        signal = simulate_fisp(schedule, atoms[rows, 1], atoms[rows, 2], atoms[rows, 0], n_states=n_states,
-                               device="cpu").numpy()
-        yield rows, np.ascontiguousarray((signal * conj_phase).imag)
+        yield rows, simulate_fingerprints(schedule, atoms[rows, 1], atoms[rows, 2], atoms[rows, 0],
+                                          n_states=n_states, device="cpu").numpy()
 
 
 def subspace_model(
@@ -343,7 +341,7 @@ class SimulatedScan:
         rows, cols = nufft_coords(self.spiral.traj(np.asarray(interleaves)), n)
         plan = finufft.Plan(2, (n, n), n_trans=rank, eps=_NUFFT_EPS, isign=-1, dtype="complex64")
         plan.setpts(rows.astype(np.float32), cols.astype(np.float32))
-        factor = np.complex64(1j * np.exp(1j * math.radians(self.schedule.rf_phase_deg)))
+        factor = np.complex64(signal_phase(self.schedule))
         out = np.empty((rank, self.settings.n_coils, len(interleaves) * self.spiral.n_samples), dtype=np.complex64)
         for c in range(self.settings.n_coils):
             out[:, c] = plan.execute((self.sensitivities[c, slice_index] * factor) * model.coefficients)
