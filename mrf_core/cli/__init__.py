@@ -1,4 +1,4 @@
-"""The `mrf` command: one subcommand per module of this package.
+"""The `mrf` command: one subcommand per module of this package, found at start-up.
 
 Each subcommand module has `register(subparsers)`, which adds its parser and sets `func`; heavy imports
 (torch, h5py) happen inside the command functions so that `mrf --help` stays fast.
@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import pkgutil
 import sys
 
 import mrf_core
 
-# Subcommand modules of mrf_core.cli, in the order --help lists them.
-SUBCOMMANDS = ("signal", "simulate", "dictionary", "demo")
+# Subcommand modules of mrf_core.cli (every public module), in the order --help lists them.
+SUBCOMMANDS = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
 class CliError(Exception):
