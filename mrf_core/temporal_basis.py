@@ -69,6 +69,22 @@ class TemporalBasis:
             return (signals.to(torch.complex64) @ u.to(torch.complex64)) * phase
         return (np.asarray(signals, dtype=np.complex64) @ self.vectors) * np.complex64(np.conj(self.signal_phase))
 
+    def conversion_to(self, target: TemporalBasis, min_captured: float = 0.99) -> np.ndarray:
+        """Complex (target.rank, self.rank) matrix taking coefficients in this basis to `target`'s:
+        c_target = conj(p_t) p_s U_t^T U_s c. An error when `target` keeps less than min_captured of the
+        signal energy this basis represents (each component weighted by its singular value squared), e.g. a
+        basis of another schedule, since the conversion would lose signal."""
+        self._check_time_axis(target.n_timepoints, "target basis")
+        overlap = target.vectors.astype(np.float64).T @ self.vectors.astype(np.float64)
+        energy = self.singular_values[: self.rank] ** 2
+        captured = float(np.sum(overlap**2, axis=0) @ energy / energy.sum())
+        if captured < min_captured:
+            raise BasisError(
+                f"basis {target.hash} captures {captured:.3%} of basis {self.hash}'s subspace (< {min_captured:.0%}): "
+                "they were made for different schedules or dictionaries"
+            )
+        return (np.conj(target.signal_phase) * self.signal_phase * overlap).astype(np.complex64)
+
     def project_real(self, fingerprints: np.ndarray) -> np.ndarray:
         """Real fingerprints (..., n_timepoints) (signal = signal_phase * fingerprint) -> real coefficients."""
         self._check_time_axis(fingerprints.shape[-1], "fingerprint")
