@@ -1,0 +1,141 @@
+"""Subspace operators: adjointness per backend, the Toeplitz normal operator against A^H W A (explicit
+and as a dense matrix), the PSF cache, the data reduction, and the solvers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mrf_core.nufft import backend_available
+from mrf_core.subspace import (
+    SubspaceOperator,
+    SubspaceSampling,
+    ToeplitzNormal,
+    conjugate_gradient,
+    fista_llr,
+    llr_threshold,
+    reduce_readouts,
+)
+from mrf_core.trajectory import SpiralParams, design_spiral
+
+N, T, K, C = 32, 30, 3, 2
+BACKENDS = ["dft"] + [b for b in ("finufft", "sigpy") if backend_available(b)]
+TOLERANCE = {"dft": 1e-5, "finufft": 1e-4, "sigpy": 2e-2}
+
+
+def _random(rng, shape):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+
+
+def _problem(n=N, n_t=T, n_interleaves=8, rank=K, n_coils=C, seed=0):
+    spiral = design_spiral(SpiralParams(fov_mm=240.0, matrix=n, n_interleaves=n_interleaves,
+                                        centre_interleaves=n_interleaves // 2))
+    interleave = np.arange(n_t) % n_interleaves
+    sampling, note = SubspaceSampling.from_readouts(spiral.traj(interleave), np.tile(spiral.dcf(), (n_t, 1)),
+                                                    np.arange(n_t), interleave, n)
+    assert note is None and sampling.n_interleaves == min(n_t, n_interleaves)
+    rng = np.random.default_rng(seed)
+    vectors = np.linalg.qr(rng.standard_normal((n_t, rank)))[0]
+    maps = _random(rng, (n_coils, n, n))
+    return sampling, vectors, maps, rng
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_operator_adjointness(backend):
+    sampling, vectors, maps, rng = _problem()
+    op = SubspaceOperator(sampling, vectors, maps, phase=np.exp(0.7j), backend=backend)
+    c = _random(rng, (K, N, N))
+    y = _random(rng, (T, C, sampling.n_samples))
+    lhs, rhs = np.vdot(op.forward(c), y), np.vdot(c, op.adjoint(y))
+    assert abs(lhs - rhs) / abs(lhs) < 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_toeplitz_equals_normal_operator(backend, weighted):
+    sampling, vectors, maps, rng = _problem()
+    op = SubspaceOperator(sampling, vectors, maps, phase=np.exp(0.7j), backend=backend)
+    c = _random(rng, (K, N, N))
+    y = op.forward(c)
+    if weighted:
+        y = y * sampling.dcf[sampling.group][:, None, :]
+    expected = op.adjoint(y)
+    got = ToeplitzNormal.compute(sampling, vectors, weighted=weighted, backend=backend).apply(c, maps)
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < TOLERANCE[backend]
+
+
+def test_toeplitz_equals_dense_normal_matrix():
+    """A as an explicit matrix (columns = forward of unit images) on an 8 x 8, rank-2 problem."""
+    n, rank = 8, 2
+    sampling, vectors, maps, rng = _problem(n=n, n_t=6, n_interleaves=3, rank=rank)
+    op = SubspaceOperator(sampling, vectors, maps, backend="dft")
+    size = rank * n * n
+    columns = [op.forward(e.reshape(rank, n, n)).ravel() for e in np.eye(size, dtype=np.complex64)]
+    a = np.stack(columns, axis=1).astype(np.complex128)
+    w = np.broadcast_to(sampling.dcf[sampling.group][:, None, :], (6, C, sampling.n_samples)).ravel()
+    dense = a.conj().T @ (w[:, None] * a)
+    c = _random(rng, (rank, n, n))
+    got = ToeplitzNormal.compute(sampling, vectors, weighted=True, backend="dft").apply(c, maps)
+    np.testing.assert_allclose(got.ravel(), dense @ c.ravel(), rtol=1e-4, atol=1e-4 * np.abs(dense @ c.ravel()).max())
+
+
+def test_psf_cache_roundtrip(tmp_path, caplog):
+    sampling, vectors, _, _ = _problem()
+    first = ToeplitzNormal.compute(sampling, vectors, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("psf_*.npy"))) == 1
+    with caplog.at_level("INFO"):
+        second = ToeplitzNormal.compute(sampling, vectors, cache_dir=tmp_path)
+    assert "read from the cache" in caplog.text
+    np.testing.assert_array_equal(first.kernels, second.kernels)
+    ToeplitzNormal.compute(sampling, vectors[:, :2], cache_dir=tmp_path)  # another basis: another file
+    assert len(list(tmp_path.glob("psf_*.npy"))) == 2
+
+
+def test_reduce_readouts_equals_explicit_sum():
+    sampling, vectors, _, rng = _problem()
+    y = _random(rng, (T, C, sampling.n_samples))
+    z = reduce_readouts(y, sampling, vectors)
+    j = 5
+    rows = np.flatnonzero(sampling.group == j)
+    np.testing.assert_allclose(z[j], np.einsum("rk,rcs->kcs", vectors[rows], y[rows]), rtol=1e-4, atol=1e-4)
+
+
+def test_readouts_with_one_label_but_different_trajectories_are_kept_apart():
+    spiral = design_spiral(SpiralParams(fov_mm=240.0, matrix=N, n_interleaves=8, centre_interleaves=4))
+    traj = spiral.traj(np.arange(4))
+    sampling, note = SubspaceSampling.from_readouts(traj, np.ones((4, traj.shape[1])), np.arange(4),
+                                                    np.zeros(4, int), N)
+    assert sampling.n_interleaves == 4 and "own interleave" in note
+
+
+def test_cg_recovers_coefficients_from_noiseless_data():
+    sampling, vectors, maps, rng = _problem(n_t=48, n_interleaves=8)  # each interleave 6 times: well posed
+    op = SubspaceOperator(sampling, vectors, maps)
+    normal = ToeplitzNormal.compute(sampling, vectors, weighted=True)
+    c = _random(rng, (K, N, N))
+    rhs = op.adjoint(op.forward(c) * sampling.dcf[sampling.group][:, None, :])
+    x, record = conjugate_gradient(lambda v: normal.apply(v, maps), rhs, n_iterations=60, tolerance=1e-6)
+    assert record.values[-1] < 1e-3 and record.values[-1] < record.values[1]
+    assert np.linalg.norm(x - c) / np.linalg.norm(c) < 2e-2
+
+
+def test_llr_threshold():
+    rng = np.random.default_rng(5)
+    x = _random(rng, (K, 16, 16))
+    np.testing.assert_allclose(llr_threshold(x, 0.0, 8, (3, 5)), x, atol=1e-5)
+    assert np.abs(llr_threshold(x, 1e6, 8, (0, 0))).max() == 0
+    # rank-1 blocks survive a threshold below their singular value up to a scale
+    rank1 = np.einsum("k,ij->kij", np.array([1.0, 2.0, -1.0]), np.ones((16, 16))).astype(np.complex64)
+    out = llr_threshold(rank1, 1.0, 8, (0, 0))
+    s = np.linalg.norm(rank1[:, :8, :8])
+    np.testing.assert_allclose(out, rank1 * (s - 1.0) / s, rtol=1e-4)
+
+
+def test_fista_without_regularisation_approaches_least_squares():
+    sampling, vectors, maps, rng = _problem(n_t=48, n_interleaves=8)
+    op = SubspaceOperator(sampling, vectors, maps)
+    normal = ToeplitzNormal.compute(sampling, vectors, weighted=True)
+    c = _random(rng, (K, N, N))
+    rhs = op.adjoint(op.forward(c) * sampling.dcf[sampling.group][:, None, :])
+    x, record = fista_llr(lambda v: normal.apply(v, maps), rhs, n_iterations=40, lambda_llr=0.0)
+    assert np.linalg.norm(x - c) / np.linalg.norm(c) < 0.1 and record.values[-1] < record.values[0]
