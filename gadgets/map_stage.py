@@ -1,0 +1,81 @@
+"""The loop both mapping gadgets share: remember basis images, map coefficient images, pass the rest on.
+
+A mapper is a callable (coefficient image, ScanContext) -> image: a maps bundle when it mapped the slice,
+or the coefficient image itself (with a warning) when it leaves the slice to a later stage.
+`ScanContext` holds what the stream said about the scan: the bases its coefficient images may be in (from
+basis images) and the effective schedule, and converts coefficients into the basis a mapper works in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+
+from gadgets.stage_images import BASIS_ROLE, StageImageError, read_basis_image, role_of
+from mrf_core.map_images import COEFFICIENT_ROLE
+from mrf_core.sequence import FispSchedule, ScheduleError
+from mrf_core.temporal_basis import TemporalBasis
+
+log = logging.getLogger(__name__)
+
+
+class ScanContext:
+    """Bases seen on the stream (by hash) and the scan's schedule (basis image first, else the header)."""
+
+    def __init__(self, header=None):
+        self.header = header
+        self.bases: dict[str, TemporalBasis] = {}
+        self._schedule: FispSchedule | None = None
+
+    def add_basis_image(self, image) -> None:
+        basis, schedule = read_basis_image(image)
+        self.bases[basis.hash] = basis
+        if self._schedule is not None and self._schedule.hash != schedule.hash:
+            raise StageImageError(f"basis images name two schedules ({self._schedule.hash}, {schedule.hash})")
+        self._schedule = schedule
+        log.info("basis %s (rank %d, schedule %s, %d TRs) announced", basis.hash, basis.rank, schedule.hash,
+                 schedule.n_timepoints)
+
+    @property
+    def schedule(self) -> FispSchedule:
+        if self._schedule is None:
+            try:
+                self._schedule = FispSchedule.from_ismrmrd(self.header)
+            except (ScheduleError, AttributeError) as exc:
+                raise StageImageError(f"no schedule for this scan: no basis image came first, and the header "
+                                      f"has none ({exc})") from None
+        return self._schedule
+
+    def convert(self, coefficients: np.ndarray, source_hash: str, target: TemporalBasis) -> np.ndarray:
+        """Coefficients (rank, ny, nx) in basis `source_hash` -> (ny, nx, target.rank) in `target`."""
+        voxels_last = np.moveaxis(coefficients, 0, -1)
+        if source_hash == target.hash:
+            return voxels_last
+        source = self.bases.get(source_hash)
+        if source is None:
+            raise StageImageError(f"coefficients are in basis {source_hash}, which no basis image described, "
+                                  f"and the mapper's basis is {target.hash}")
+        if source.rank != coefficients.shape[0]:
+            raise StageImageError(f"coefficient image has {coefficients.shape[0]} channels, basis {source_hash} "
+                                  f"has rank {source.rank}")
+        matrix = source.conversion_to(target)  # BasisError when the subspaces differ
+        return (voxels_last @ matrix.T).astype(np.complex64)
+
+
+def object_voxels(coefficients: np.ndarray) -> np.ndarray:
+    """Voxels of coefficients (ny, nx, rank) worth mapping: finite and not all zero (reconstruct zeroes
+    the background outside its object mask)."""
+    return np.isfinite(coefficients).all(axis=-1) & (np.abs(coefficients) > 0).any(axis=-1)
+
+
+def mapped(items: Iterable, context: ScanContext, mapper: Callable) -> Iterator:
+    """The stage: basis images update the context and go on; coefficient images go through `mapper`."""
+    for item in items:
+        role = role_of(item)
+        if role == BASIS_ROLE:
+            context.add_basis_image(item)
+        elif role == COEFFICIENT_ROLE:
+            item = mapper(item, context)
+        yield item

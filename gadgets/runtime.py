@@ -1,0 +1,91 @@
+"""What every gadget process does around its work: thread policy, timing logs, and errors the client sees.
+
+Errors: gadgetron-python sends only CLOSE when a gadget raises, so Gadgetron would end the stream as if
+all went well. `run_gadget` therefore writes an ERROR message first (id 8, uint64 length, UTF-8 text:
+Gadgetron 4's ExternalChannel turns it into "Errors received: ..." for the client), then re-raises, so the
+process also exits non-zero with the message as its CRITICAL log line. Messages are one line naming the
+gadget and the cause.
+
+Warnings: an external peer may not send TEXT (id 5) to Gadgetron 4 (it is an illegal message id there),
+so gadgets log them (`logging.warning`; Gadgetron's log, and the project's replay/server forward such
+lines to the client as TEXT) and put them in image meta (`MRF_Warning`).
+
+Threads: the gadget processes of a chain share the machine, and run one slice each in a pipeline, so each
+caps its own torch/OpenMP threads (`threads` property; 0 leaves the libraries' defaults).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from gadgetron.external.constants import GADGET_MESSAGE_ERROR, GadgetMessageIdentifier, uint64
+
+from gadgets.properties import Property, integer
+
+log = logging.getLogger(__name__)
+
+THREADS_PROPERTY = Property("threads", "2", integer(0, 256),
+                            "torch/OpenMP threads of this process (0: the libraries' default)")
+
+
+@dataclass(frozen=True)
+class ErrorMessage:
+    """An error for the host (Gadgetron's ERROR message, id 8)."""
+
+    text: str
+
+
+def write_error(destination, message: ErrorMessage) -> None:
+    payload = message.text.encode("utf-8", errors="replace")
+    destination.write(GadgetMessageIdentifier.pack(GADGET_MESSAGE_ERROR))
+    destination.write(uint64.pack(len(payload)))
+    destination.write(payload)
+
+
+def set_threads(n_threads: int) -> None:
+    """Cap torch and OpenMP (finufft) threads of this process; 0 keeps the defaults."""
+    if n_threads <= 0:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(n_threads)  # OpenMP libraries not yet initialised read it
+    import torch
+
+    torch.set_num_threads(n_threads)
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, ValueError | KeyError | OSError) else f"{type(exc).__name__}: {text}"
+
+
+def run_gadget(name: str, connection, body: Callable[[], None]) -> None:
+    """Run a gadget's body: register the ERROR writer, log start/end and duration; on an exception send
+    ERROR "<name>: <message>" to the host, log it, and re-raise."""
+    connection.add_writer(lambda item: isinstance(item, ErrorMessage), write_error)
+    start = time.perf_counter()
+    log.info("%s: started", name)
+    try:
+        body()
+    except Exception as exc:
+        message = one_line(exc)
+        message = message if message.startswith(f"{name}: ") else f"{name}: {message}"
+        log.error(message)
+        try:
+            connection.send(ErrorMessage(message))
+        except OSError as send_error:  # the host may already be gone
+            log.error("%s: could not send the error to the host: %s", name, send_error)
+        raise
+    log.info("%s: done in %.2f s", name, time.perf_counter() - start)
+
+
+@contextmanager
+def timed(what: str, **details):
+    """Log how long a block took, with details ('slice 0', sizes...)."""
+    start = time.perf_counter()
+    yield
+    extra = ", ".join(f"{k} {v}" for k, v in details.items())
+    log.info("%s%s: %.2f s", what, f" ({extra})" if extra else "", time.perf_counter() - start)
