@@ -1,0 +1,310 @@
+"""The wire layer on its own: framing and limits, stream configurations, and real `python -m gadgetron`
+stage processes running a throwaway test gadget (written to tmp, not the product's gadgets)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import textwrap
+import time
+
+import ismrmrd
+import numpy as np
+import pytest
+
+from mrf_core.wire.chain import ChainError, ChainOptions, run_chain
+from mrf_core.wire.messages import (
+    Limits,
+    MessageId,
+    MessageReader,
+    PeerClosed,
+    WireError,
+    encode_config_name,
+    encode_header,
+    encode_id,
+    encode_item,
+    encode_string,
+)
+from mrf_core.wire.stream_config import (
+    XML_DECLARATION,
+    StreamConfigError,
+    parse_stream_config,
+    resolve_config_name,
+)
+
+HEADER_XML = """<?xml version="1.0"?>
+<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">
+<experimentalConditions><H1resonanceFrequency_Hz>128000000</H1resonanceFrequency_Hz></experimentalConditions>
+<encoding><encodedSpace><matrixSize><x>8</x><y>8</y><z>1</z></matrixSize>
+<fieldOfView_mm><x>100</x><y>100</y><z>5</z></fieldOfView_mm></encodedSpace>
+<reconSpace><matrixSize><x>8</x><y>8</y><z>1</z></matrixSize>
+<fieldOfView_mm><x>100</x><y>100</y><z>5</z></fieldOfView_mm></reconSpace>
+<encodingLimits/><trajectory>cartesian</trajectory></encoding>
+</ismrmrdHeader>"""
+
+# A throwaway gadget: turns each acquisition into an image of |data| * scale; its `mode` property makes it
+# misbehave in the ways the wire layer must survive.
+TEST_GADGET = '''
+import logging, socket, struct, time
+import ismrmrd
+import numpy as np
+
+def _properties(config):
+    return {} if config is None else {p.get("name"): p.get("value") for p in config.findall("property")}
+
+def images(connection):
+    props = _properties(connection.config)
+    scale, mode = float(props.get("scale", 1)), props.get("mode", "echo")
+    logging.warning("wire test gadget: scale %g, mode %s, encoded x %d", scale, mode,
+                    connection.header.encoding[0].encodedSpace.matrixSize.x)
+    if mode == "hang":
+        time.sleep(600)
+    for item in connection:
+        if not isinstance(item, ismrmrd.Acquisition):
+            connection.send(item)
+            continue
+        if mode == "text":
+            connection.socket.write(struct.pack("<HI", 5, 2) + b"hi")
+        if mode == "error":
+            text = "wire test gadget refuses acquisition %d" % item.scan_counter
+            connection.socket.write(struct.pack("<HQ", 8, len(text)) + text.encode())
+            raise RuntimeError(text)
+        if not np.all(np.isfinite(item.data)):
+            raise ValueError("acquisition %d has non-finite samples" % item.scan_counter)
+        image = ismrmrd.Image.from_array((np.abs(item.data) * scale).astype(np.float32)[None], transpose=False)
+        image.image_series_index = 7
+        image.image_index = item.scan_counter
+        connection.send(image)
+        if mode == "acquisitions":
+            connection.send(item)
+
+def passthrough(connection):
+    for item in connection:
+        if isinstance(item, ismrmrd.Image):
+            item.image_series_index += 1
+        connection.send(item)
+'''
+
+
+def config_xml(*stages: tuple[str, dict[str, str] | None], writers=("ImageWriter",)) -> str:
+    nodes = []
+    for target, props in stages:
+        conf = "" if props is None else "<configuration>" + "".join(
+            f'<property name="{k}" value="{v}"/>' for k, v in props.items()) + "</configuration>"
+        nodes.append(f'<external><execute name="wire_test_gadget" target="{target}" type="python"/>{conf}</external>')
+    writer_xml = "".join(f"<writer><dll>gadgetron_core_writers</dll><classname>{w}</classname></writer>"
+                         for w in writers)
+    return (f"<configuration><version>2</version><readers><reader><dll>gadgetron_core_readers</dll>"
+            f"<classname>AcquisitionReader</classname></reader></readers><writers>{writer_xml}</writers>"
+            f"<stream>{''.join(nodes)}</stream></configuration>")
+
+
+@pytest.fixture()
+def test_gadget(tmp_path, monkeypatch):
+    """The test gadget module on the stage processes' PYTHONPATH."""
+    (tmp_path / "wire_test_gadget.py").write_text(textwrap.dedent(TEST_GADGET))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    return tmp_path
+
+
+def acquisitions(n: int = 4, channels: int = 2, samples: int = 16, nan_at: int | None = None):
+    out = []
+    for i in range(n):
+        data = np.full((channels, samples), i + 1, dtype=np.complex64)
+        if i == nan_at:
+            data[0, 3] = np.nan
+        acq = ismrmrd.Acquisition.from_array(data)
+        acq.scan_counter = i
+        out.append(acq)
+    return out
+
+
+def header():
+    return ismrmrd.xsd.CreateFromDocument(HEADER_XML)
+
+
+def assert_reaped(pids):
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+# ---- framing -----------------------------------------------------------------------------------------
+def pair(limits: Limits | None = None):
+    a, b = socket.socketpair()
+    b.settimeout(5)
+    return a, MessageReader(b, "peer", limits or Limits())
+
+
+def test_every_message_round_trips():
+    a, reader = pair()
+    acq = acquisitions(1)[0]
+    acq.resize(16, 2, 2)
+    acq.traj[:] = np.arange(32, dtype=np.float32).reshape(16, 2)
+    image = ismrmrd.Image.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), transpose=False)
+    meta = ismrmrd.Meta()
+    meta["MRF_Test"] = "yes"
+    image.attribute_string = meta.serialize()
+    a.sendall(encode_config_name("mrf_default.xml") + encode_string(MessageId.CONFIG, "<x/>") + encode_header(header())
+              + encode_item(acq) + encode_item(image) + encode_string(MessageId.ERROR, "bad", wide=True)
+              + encode_id(MessageId.CLOSE))
+    assert reader.read_id() == MessageId.FILENAME and reader.read_config_name() == "mrf_default.xml"
+    assert reader.read_id() == MessageId.CONFIG and reader.read_string(100, "config") == "<x/>"
+    assert reader.read_id() == MessageId.HEADER
+    assert "ismrmrdHeader" in reader.read_string(10**6, "header")
+    assert reader.read_id() == MessageId.ACQUISITION
+    got = reader.read_item(MessageId.ACQUISITION)
+    assert np.array_equal(got.data, acq.data) and np.array_equal(got.traj, acq.traj) and got.scan_counter == 0
+    assert reader.read_id() == MessageId.IMAGE
+    got = reader.read_item(MessageId.IMAGE)
+    assert np.array_equal(got.data, image.data) and "MRF_Test" in got.attribute_string
+    assert reader.read_id() == MessageId.ERROR and reader.read_string(10, "error", wide=True) == "bad"
+    assert reader.read_id() == MessageId.CLOSE
+    a.close()
+    with pytest.raises(PeerClosed):
+        reader.read_id()
+
+
+def test_truncated_message_is_an_error_not_a_hang():
+    a, reader = pair()
+    a.sendall(encode_item(acquisitions(1)[0])[:100])
+    a.close()
+    assert reader.read_id() == MessageId.ACQUISITION
+    with pytest.raises(WireError, match="truncated"):
+        reader.read_item(MessageId.ACQUISITION)
+
+
+def test_absurd_lengths_are_refused_before_reading():
+    a, reader = pair(Limits(header_bytes=1000, item_bytes=10**6))
+    a.sendall(struct.pack("<HI", MessageId.HEADER, 2**31))
+    assert reader.read_id() == MessageId.HEADER
+    with pytest.raises(WireError, match="exceeds the limit"):
+        reader.read_string(reader.limits.header_bytes, "the header")
+    huge = ismrmrd.AcquisitionHeader()
+    huge.number_of_samples, huge.active_channels, huge.available_channels = 60000, 1000, 1000
+    a.sendall(struct.pack("<H", MessageId.ACQUISITION) + bytes(huge))
+    assert reader.read_id() == MessageId.ACQUISITION
+    with pytest.raises(WireError, match="1000 channels x 60000 samples.*exceeds"):
+        reader.read_item(MessageId.ACQUISITION)
+
+
+def test_silent_peer_times_out():
+    a, reader = pair()
+    reader.sock.settimeout(0.2)
+    with pytest.raises(WireError, match="no message for 0.2 s"):
+        reader.read_id()
+    a.close()
+
+
+# ---- stream configurations ---------------------------------------------------------------------------
+def test_configuration_parses_and_stages_get_their_configuration_element():
+    config = parse_stream_config(config_xml(("images", {"scale": "2"}), ("passthrough", None)))
+    assert [n.label for n in config.nodes] == ["wire_test_gadget.images", "wire_test_gadget.passthrough"]
+    first, second = config.nodes
+    assert first.configuration_xml.startswith(XML_DECLARATION)
+    assert '<property name="scale" value="2" />' in first.configuration_xml
+    assert second.configuration_xml == XML_DECLARATION  # no <configuration>: the declaration only, as Gadgetron
+    assert config.input_ids == {MessageId.ACQUISITION}
+    assert config.writes(ismrmrd.Image()) and not config.writes(ismrmrd.Acquisition())
+
+
+@pytest.mark.parametrize(("xml", "message"), [
+    ("<gadgetronStreamConfiguration/>", "legacy"),
+    ("<configuration><version>2</version><stream><gadget><name>x</name></gadget></stream></configuration>",
+     "only <external>"),
+    ("<configuration><version>2</version><stream><external><connect port='9'/></external></stream></configuration>",
+     "<connect>"),
+    ("<configuration><version>2</version><stream><external><execute name='m' target='f' type='matlab'/>"
+     "</external></stream></configuration>", "only python"),
+    ("<configuration><version>2</version><stream><external><execute name='m' type='python'/>"
+     "</external></stream></configuration>", "needs both"),
+    ("<configuration><version>2</version><readers><reader><classname>DependencyQueryReader</classname></reader>"
+     "</readers><stream><external><execute name='m' target='f' type='python'/></external></stream></configuration>",
+     "DependencyQueryReader"),
+    ("<configuration><version>2", "not well-formed"),
+])
+def test_configurations_we_cannot_run_are_refused_by_name(xml, message):
+    with pytest.raises(StreamConfigError, match=message):
+        parse_stream_config(xml)
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd.xml", "sub/x.xml", "/abs/x.xml", "..", "x.txt", "", "a\0.xml"])
+def test_configuration_names_never_leave_the_folder(tmp_path, name):
+    (tmp_path / "ok.xml").write_text("<x/>")
+    with pytest.raises(StreamConfigError, match="refused"):
+        resolve_config_name(name, tmp_path)
+
+
+def test_configuration_name_resolves_inside_the_folder(tmp_path):
+    (tmp_path / "ok.xml").write_text("<x/>")
+    assert resolve_config_name("ok.xml", tmp_path) == tmp_path / "ok.xml"
+    with pytest.raises(StreamConfigError, match="available: ok.xml"):
+        resolve_config_name("missing.xml", tmp_path)
+
+
+# ---- stage processes ----------------------------------------------------------------------------------
+def run(config_text, items, options: ChainOptions | None = None):
+    outputs, logs = [], []
+    report = run_chain(parse_stream_config(config_text), header(), items, outputs.append,
+                       lambda *a: logs.append(a), options or ChainOptions(connect_s=30, io_s=30, exit_s=10))
+    return outputs, logs, report
+
+
+def test_two_stages_relay_items_with_their_configuration_and_warnings(test_gadget):
+    outputs, logs, report = run(config_xml(("images", {"scale": "3"}), ("passthrough", None)), acquisitions(4))
+    assert [o.image_index for o in outputs] == [0, 1, 2, 3]
+    assert all(o.image_series_index == 8 for o in outputs)  # 7 from the first stage, +1 from the second
+    assert np.allclose(outputs[2].data, 3 * 3)  # |3| x scale 3: the property reached the stage
+    assert logs == [("wire_test_gadget.images", "WARNING", "wire test gadget: scale 3, mode echo, encoded x 8")]
+    assert [(s.items_in, s.items_out) for s in report.stages] == [(4, 4), (4, 4)]
+    assert all(s.peak_rss_mib > 10 for s in report.stages)
+    assert_reaped(s.pid for s in report.stages)
+
+
+def test_outputs_no_writer_accepts_are_dropped(test_gadget):
+    outputs, _, report = run(config_xml(("images", {"mode": "acquisitions"})), acquisitions(3))
+    assert len(outputs) == 3 and all(isinstance(o, ismrmrd.Image) for o in outputs) and report.dropped == 3
+
+
+def spawned_pids():
+    """Children of this process (to check that failed chains leave none behind)."""
+    children = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                        children.add(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return children
+
+
+@pytest.mark.parametrize(("stages", "items", "message"), [
+    ([("images", None), ("passthrough", None)], acquisitions(6, nan_at=2),
+     r"wire_test_gadget.images: failed \(exit code 1\): acquisition 2 has non-finite samples"),
+    ([("images", {"mode": "error"}), ("passthrough", None)], acquisitions(2),
+     "wire_test_gadget refuses acquisition 0|wire test gadget refuses acquisition 0"),
+    ([("images", {"mode": "text"})], acquisitions(2), "illegal message id from an external peer: 5"),
+    ([("passthrough", None), ("no_such_target", None)], acquisitions(2), "no_such_target"),
+])
+def test_a_failing_stage_reports_its_own_words_and_leaves_no_process(test_gadget, stages, items, message):
+    before = spawned_pids()
+    with pytest.raises(ChainError, match=message):
+        run(config_xml(*stages), items)
+    assert spawned_pids() <= before
+
+
+def test_missing_module_is_reported(test_gadget):
+    config = config_xml(("images", None)).replace("wire_test_gadget", "no_such_module_anywhere")
+    with pytest.raises(ChainError, match=r"images: failed \(exit code 1\): No module named 'no_such_module_anywhere'"):
+        run(config, acquisitions(1))
+
+
+def test_a_silent_stage_times_out_and_is_killed(test_gadget):
+    before = spawned_pids()
+    started = time.monotonic()
+    with pytest.raises(ChainError, match="no message for 1 s"):
+        run(config_xml(("images", {"mode": "hang"})), acquisitions(1), ChainOptions(connect_s=30, io_s=1, exit_s=5))
+    assert time.monotonic() - started < 15 and spawned_pids() <= before
