@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import ismrmrd
 
+_WIRE_TYPES = (ismrmrd.Image, ismrmrd.Acquisition, ismrmrd.Waveform)  # what gadgetron-python can write
+
 
 def configuration(properties: dict[str, object] | None) -> ElementTree.Element | None:
     """A `<configuration>` element with one `<property>` per entry (None for None)."""
@@ -33,7 +35,7 @@ class InProcessConnection:
         self.config = config
         self._items = iter(items)
         self._filters: list[Callable] = []
-        self._writers: list[Callable] = [lambda item: isinstance(item, ismrmrd.Image | ismrmrd.Acquisition)]
+        self._writers: list[Callable] = [lambda item: isinstance(item, _WIRE_TYPES)]
         self.sent: list = []
 
     def __iter__(self):

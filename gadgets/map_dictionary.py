@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from gadgets.dictionary_source import DICTIONARY_PROPERTIES, dictionary_for
 from gadgets.map_stage import ScanContext, mapped, object_voxels
 from gadgets.properties import Property, choice, read_properties
@@ -51,6 +53,8 @@ class DictionaryMapper:
         slice_index = int(image.getHead().slice)
         with timed(f"{NAME}: slice {slice_index} matched", voxels=int(mask.sum()), atoms=dictionary.n_atoms):
             result = match(dictionary, x, mask=mask, search=self.settings.search, device="cpu")
+        if not dictionary.has_b1:  # one B1 value is an assumption, not an estimate: no B1 map
+            result.b1 = np.full_like(result.b1, np.nan)
         maps = QuantitativeMaps.from_match(result, mask.shape, slice_index, "dictionary", mask)
         return maps_bundle(maps, geometry_of(image), warnings=warnings_of(image))
 

@@ -12,12 +12,12 @@ Never a silent wrong map: a mismatch always falls back.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
 from gadgets.map_stage import ScanContext, mapped, object_voxels
-from gadgets.properties import Property, optional_path, read_properties, text
+from gadgets.model_source import MODEL_PROPERTIES, load_network
+from gadgets.properties import read_properties
 from gadgets.runtime import THREADS_PROPERTY, one_line, run_gadget, set_threads, timed
 from gadgets.stage_images import add_warning, geometry_of, maps_bundle, read_coefficients, warnings_of
 from mrf_core.maps import QuantitativeMaps
@@ -25,26 +25,7 @@ from mrf_core.maps import QuantitativeMaps
 log = logging.getLogger(__name__)
 
 NAME = "map_network"
-PROPERTIES = (
-    Property("model", "", optional_path, "model archive (.pt); empty: the package's default model"),
-    Property("device", "cpu", text, "torch device the model runs on (cpu, cuda, cuda:1, ...)"),
-    THREADS_PROPERTY,
-)
-
-
-def load_network(path: Path | None, device: str):
-    """(model, None), or (None, why it cannot be used)."""
-    try:
-        from mrf_core.mapping import default_model_path, load_model
-    except ImportError as exc:
-        return None, f"the network mapping code is not installed ({exc})"
-    path = Path(path) if path is not None else Path(default_model_path())
-    if not path.is_file():
-        return None, f"no model file at {path}"
-    try:
-        return load_model(path, device=device), None
-    except Exception as exc:  # any failure to load means: fall back, with the reason
-        return None, f"model {path} cannot be used: {one_line(exc)}"
+PROPERTIES = (*MODEL_PROPERTIES, THREADS_PROPERTY)
 
 
 class _Scattered:
@@ -80,11 +61,14 @@ class NetworkMapper:
     def _map(self, image, context: ScanContext):
         coefficients, basis_hash = read_coefficients(image)
         self._check_schedule(context)
-        x = context.convert(coefficients, basis_hash, self.model.basis)
+        if self.model.basis is None:
+            raise ValueError(f"model {self.model.path.name} maps time courses, not subspace coefficients")
+        basis = self.model.basis if basis_hash == self.model.basis.hash else context.basis(basis_hash)
+        x = np.moveaxis(coefficients, 0, -1)
         mask = object_voxels(x)
         slice_index = int(image.getHead().slice)
         with timed(f"{NAME}: slice {slice_index} mapped", voxels=int(mask.sum())):
-            result = self.model.map_coefficients(x[mask], self.model.basis)
+            result = self.model.map_coefficients(x[mask], basis)  # converts from `basis` when it differs
         maps = QuantitativeMaps.from_match(_Scattered(result, mask), mask.shape, slice_index, "network", mask)
         return maps_bundle(maps, geometry_of(image), warnings=warnings_of(image))
 

@@ -48,15 +48,18 @@ class ScanContext:
                                       f"has none ({exc})") from None
         return self._schedule
 
+    def basis(self, basis_hash: str) -> TemporalBasis:
+        """A basis announced by a basis image."""
+        if basis_hash not in self.bases:
+            raise StageImageError(f"coefficients are in basis {basis_hash}, which no basis image described")
+        return self.bases[basis_hash]
+
     def convert(self, coefficients: np.ndarray, source_hash: str, target: TemporalBasis) -> np.ndarray:
         """Coefficients (rank, ny, nx) in basis `source_hash` -> (ny, nx, target.rank) in `target`."""
         voxels_last = np.moveaxis(coefficients, 0, -1)
         if source_hash == target.hash:
             return voxels_last
-        source = self.bases.get(source_hash)
-        if source is None:
-            raise StageImageError(f"coefficients are in basis {source_hash}, which no basis image described, "
-                                  f"and the mapper's basis is {target.hash}")
+        source = self.basis(source_hash)
         if source.rank != coefficients.shape[0]:
             raise StageImageError(f"coefficient image has {coefficients.shape[0]} channels, basis {source_hash} "
                                   f"has rank {source.rank}")
