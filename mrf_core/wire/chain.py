@@ -217,11 +217,13 @@ def run_chain(config: StreamConfig, header, items: Iterable, on_output: Callable
         run.fail(ChainError(f"interrupted: {exc!r}"))
         raise
     finally:
-        # A failing stage exits by itself within moments; a healthy one whose socket we shut would spin
-        # in gadgetron-python's read loop forever: one short shared grace, then terminate.
-        deadline = time.monotonic() + (options.grace_s if run.failed.is_set() else options.exit_s)
-        for stage in run.stages:
-            stage.stop(deadline)
+        # Stages that failed by themselves are exiting: give them a moment for their exit status. The others
+        # (healthy, or failing only because we stopped them) are terminated at once: a gadgetron-python
+        # process whose socket we shut spins in its read loop and never exits by itself.
+        failed = run.failed.is_set()
+        deadline = time.monotonic() + (options.grace_s if failed else options.exit_s)
+        for i, stage in enumerate(run.stages):
+            stage.stop(deadline if not failed or i in run.failed_first else 0.0)
         for thread in threads:
             thread.join(5.0)
     reason = run.reason()
