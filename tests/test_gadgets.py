@@ -258,8 +258,8 @@ def test_network_mapper_falls_back_on_a_foreign_schedule_or_a_failing_model(sche
 
 
 def test_network_mapper_maps_with_a_working_model(schedule, dictionary, coefficients, truth):
-    """A stand-in model (dictionary matching behind the model API) shows the network path end to end:
-    coefficients converted to the model's basis, background left out, maps bundle with mapper 'network'."""
+    """A stand-in model (dictionary matching behind the model API) shows the network path end to end: the
+    coefficients' own basis handed to the model, background left out, maps bundle with mapper 'network'."""
     from mrf_core.matching import match
 
     class MatchingModel:
@@ -268,8 +268,9 @@ def test_network_mapper_maps_with_a_working_model(schedule, dictionary, coeffici
         def check(self, s):
             assert s.hash == schedule.hash
 
-        def map_coefficients(self, x, basis):
-            assert x.shape[1] == 6 and basis.hash == self.basis.hash
+        def map_coefficients(self, x, basis):  # like MrfModel: coefficients in another basis are converted
+            assert x.shape[1] == basis.rank and basis.hash == dictionary.basis.hash
+            x = x @ basis.conversion_to(self.basis).T
             full = np.zeros((x.shape[0], dictionary.basis.rank), np.complex64)
             full[:, :6] = x
             return match(dictionary, full, device="cpu")
