@@ -40,6 +40,7 @@ import numpy as np
 import scipy.fft
 
 from mrf_core.atomic_io import atomic_path
+from mrf_core.coils import combine_coils
 from mrf_core.nufft import DEFAULT_EPS, DEFAULT_THREADS, Nufft
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class SubspaceOperator:
 
     def __init__(self, sampling: SubspaceSampling, vectors: np.ndarray, coil_maps: np.ndarray, phase: complex = 1.0,
                  backend: str = "finufft", eps: float = DEFAULT_EPS, n_threads: int = DEFAULT_THREADS,
-                 device: str = "cpu"):
+                 device: str = "cpu", nufft: Nufft | None = None):
         n = sampling.matrix
         coil_maps = np.asarray(coil_maps, dtype=np.complex64)
         if coil_maps.ndim != 3 or coil_maps.shape[1:] != (n, n):
@@ -153,7 +154,9 @@ class SubspaceOperator:
         self.sampling, self.coil_maps, self.phase = sampling, coil_maps, np.complex64(phase)
         self.vectors = np.asarray(vectors, dtype=np.float32)
         self.rank = int(self.vectors.shape[1])
-        self.nufft = Nufft(sampling.traj, n, backend=backend, eps=eps, n_threads=n_threads, device=device)
+        # the NUFFT over the union of the interleaves' points (a caller that already has it passes it)
+        self.nufft = nufft if nufft is not None else Nufft(sampling.traj, n, backend=backend, eps=eps,
+                                                           n_threads=n_threads, device=device)
 
     @property
     def n_coils(self) -> int:
@@ -181,11 +184,6 @@ class SubspaceOperator:
             data *= s.dcf[None, None]
         images = self.nufft.adjoint(data.reshape(self.rank, self.n_coils, -1))  # (K, C, N, N)
         return combine_coils(images, self.coil_maps) * np.conj(self.phase)
-
-
-def combine_coils(images: np.ndarray, coil_maps: np.ndarray) -> np.ndarray:
-    """sum_c conj(S_c) x_c over the coil axis (second to last two): (..., C, N, N) -> (..., N, N)."""
-    return np.einsum("...cij,cij->...ij", images, np.conj(coil_maps)).astype(np.complex64)
 
 
 # ---- Toeplitz normal operator -----------------------------------------------------------------------
