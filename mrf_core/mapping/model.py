@@ -1,0 +1,155 @@
+"""A loaded mapping model: checks against a scan, and maps coefficients or time courses to T1/T2/PD.
+
+Output is a mrf_core.matching.MatchResult, so the gadgets treat a network and dictionary matching alike:
+t1_ms, t2_ms (clamped to the trained ranges), b1 (NaN unless the model predicts it), pd (complex: the
+projection of the signal on the interpolated fingerprint of the predicted parameters, f^T x / |f|^2, in
+the model's real frame), score (|f^T x| / (|f| |x|), the match quality) and atom_index (-1: no atom).
+For coefficient input |f| and |x| are subspace norms (as subspace matching uses); for time courses they
+are time-domain norms. Voxels with a non-finite sample or zero norm are not mapped: NaN maps, PD 0,
+score 0 -- never a crash.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mrf_core.mapping.archive import ModelError, ModelMismatchError, basis_of, read_archive, schedule_of
+from mrf_core.mapping.module import table_of
+from mrf_core.matching import MatchResult
+from mrf_core.sequence import FispSchedule
+from mrf_core.temporal_basis import BasisError, TemporalBasis
+
+DEFAULT_MODEL_FILE = "default_model.pt"
+_CHUNK_VOXELS = 16384  # voxels per forward pass: the MLP's activations stay ~10 MB
+
+
+def default_model_path() -> Path:
+    """The pretrained default model shipped in the package (mrf_core/data/default_model.pt)."""
+    return Path(str(resources.files("mrf_core") / "data" / DEFAULT_MODEL_FILE))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> MrfModel:
+    """Load and validate a model archive (never unpickles). ModelError with the reason if unusable."""
+    module, metadata = read_archive(path, device)
+    return MrfModel(module, metadata, Path(path), torch.device(device))
+
+
+class MrfModel:
+    """A validated model archive. `basis` is the input basis of a coefficient model, None otherwise."""
+
+    def __init__(self, module, metadata: dict, path: Path, device: torch.device):
+        self.module = module
+        self.metadata = metadata
+        self.path = path
+        self.device = device
+        self.schedule: FispSchedule = schedule_of(metadata)
+        self.input_kind: str = metadata["input"]["kind"]
+        self.output_names: list[str] = list(metadata["outputs"]["names"])
+        self._table_basis = basis_of(module, metadata)
+        self.basis: TemporalBasis | None = self._table_basis if self.input_kind == "coefficients" else None
+        self._table = table_of(_CpuBuffers(module))
+
+    def describe(self) -> str:
+        arch = self.metadata["architecture"]
+        training = self.metadata["training"]
+        basis = f", basis rank {self.basis.rank} ({self.basis.hash})" if self.basis is not None else ""
+        outputs = ", ".join(self.output_names)
+        return (f"{self.path.name}: {arch['name']} on {self.input_kind}{basis}; outputs {outputs}; "
+                f"schedule {self.schedule.name} ({self.schedule.n_timepoints} TRs, {self.schedule.hash}); "
+                f"validation loss {training.get('best_val_loss', float('nan')):.3g}")
+
+    def check(self, schedule: FispSchedule) -> None:
+        """ModelMismatchError unless `schedule` is the one the model was trained for."""
+        if schedule.hash != self.schedule.hash:
+            raise ModelMismatchError(
+                f"model {self.path.name} was trained for schedule hash {self.schedule.hash} "
+                f"({self.schedule.name}, {self.schedule.n_timepoints} TRs), the scan has {schedule.hash} "
+                f"({schedule.name}, {schedule.n_timepoints} TRs)"
+            )
+
+    # ---- mapping --------------------------------------------------------------------------------
+    def map_coefficients(self, coefficients, basis: TemporalBasis) -> MatchResult:
+        """Complex coefficients (..., K) in `basis` -> maps (...). A basis other than the model's is
+        converted (TemporalBasis.conversion_to); ModelMismatchError if the subspaces do not agree."""
+        if self.basis is None:
+            raise ModelError(f"model {self.path.name} maps {self.input_kind} time courses, not coefficients; "
+                             "use map_signals")
+        x = np.asarray(coefficients)
+        if x.ndim == 0 or x.shape[-1] != basis.rank:
+            raise ModelError(f"coefficients of shape {x.shape} do not fit a rank-{basis.rank} basis")
+        if basis.hash != self.basis.hash:
+            x = x @ self._conversion(basis).T
+        return self._map(x.astype(np.complex64), time_norms=None)
+
+    def map_signals(self, time_courses) -> MatchResult:
+        """Complex time courses (..., n_timepoints) of the model's schedule -> maps (...)."""
+        x = np.asarray(time_courses)
+        n_t = self.schedule.n_timepoints
+        if x.ndim == 0 or x.shape[-1] != n_t:
+            raise ModelError(f"time courses of shape {x.shape}: the model's schedule has {n_t} time points")
+        x = x.astype(np.complex64)
+        if self.basis is not None:
+            return self._map(self.basis.project(x), time_norms=None)
+        return self._map(x, time_norms=np.linalg.norm(x, axis=-1))
+
+    def _conversion(self, basis: TemporalBasis) -> np.ndarray:
+        if basis.schedule_hash != self.schedule.hash:
+            raise ModelMismatchError(
+                f"coefficients are in a basis of schedule {basis.schedule_hash}, the model {self.path.name} was "
+                f"trained for {self.schedule.hash} ({self.schedule.name}, {self.schedule.n_timepoints} TRs)")
+        try:  # both ways: the model's input must be representable, and the scan's signal kept
+            self.basis.conversion_to(basis)
+            return basis.conversion_to(self.basis)
+        except BasisError as exc:
+            raise ModelMismatchError(f"the scan's basis does not span the model's subspace: {exc}") from None
+
+    @torch.no_grad()
+    def _map(self, x: np.ndarray, time_norms: np.ndarray | None) -> MatchResult:
+        """x (..., L) complex in the model's input domain; time_norms |x| in the time domain for
+        time-course models (their score and PD use the time-domain norms)."""
+        spatial = x.shape[:-1]
+        flat = x.reshape(-1, x.shape[-1])
+        n = flat.shape[0]
+        n_out = len(self.output_names)
+        params = np.full((n, n_out), np.nan, dtype=np.float32)
+        pd = np.zeros(n, dtype=np.complex64)
+        score = np.zeros(n, dtype=np.float32)
+        valid = np.isfinite(flat).all(axis=1) & (np.abs(flat).max(axis=1, initial=0) > 0)
+        ids = np.flatnonzero(valid)
+        for lo in range(0, ids.size, _CHUNK_VOXELS):
+            chunk = ids[lo : lo + _CHUNK_VOXELS]
+            xc = torch.as_tensor(flat[chunk])
+            out = self.module(xc.real.contiguous().to(self.device), xc.imag.contiguous().to(self.device)).cpu()
+            finite = torch.isfinite(out).all(dim=1)
+            f_coef, f_norm = self._table.lookup(torch.nan_to_num(out, nan=1.0))
+            if self.basis is None:  # time courses: compare in the table's subspace, norms in time
+                x_coef = torch.as_tensor(self._table_basis.project(flat[chunk]))
+                x_norm = torch.as_tensor(time_norms.reshape(-1)[chunk], dtype=torch.float32)
+            else:
+                x_coef, x_norm = xc, torch.linalg.vector_norm(xc, dim=1)
+                f_norm = torch.linalg.vector_norm(f_coef, dim=1)
+            inner = (f_coef * x_coef.real).sum(1) + 1j * (f_coef * x_coef.imag).sum(1)
+            f_norm = f_norm.clamp_min(1e-30)
+            chunk_pd = inner / f_norm**2
+            chunk_score = (inner.abs() / (f_norm * x_norm.clamp_min(1e-30))).clamp(0, 1)
+            params[chunk] = torch.where(finite[:, None], out, torch.full_like(out, float("nan"))).numpy()
+            pd[chunk] = torch.where(finite, chunk_pd, torch.zeros_like(chunk_pd)).numpy()
+            score[chunk] = torch.where(finite, chunk_score, torch.zeros_like(chunk_score)).numpy()
+        b1 = params[:, self.output_names.index("b1")] if "b1" in self.output_names else np.full(n, np.nan, np.float32)
+        return MatchResult(
+            t1_ms=params[:, 0].reshape(spatial), t2_ms=params[:, 1].reshape(spatial),
+            b1=b1.astype(np.float32).reshape(spatial), pd=pd.reshape(spatial), score=score.reshape(spatial),
+            atom_index=np.full(spatial, -1, dtype=np.int64),
+        )
+
+
+class _CpuBuffers:
+    """The table buffers of a module, on the CPU (the table lookup runs there)."""
+
+    def __init__(self, module):
+        for name in ("table_coefficients", "table_norms", "table_lo", "table_step", "table_shape"):
+            setattr(self, name, getattr(module, name).detach().cpu())

@@ -1,0 +1,104 @@
+"""Precomputed fingerprints for PD and match quality at a network's continuous T1/T2 (and B1).
+
+PD is the projection of the measured signal on the simulated fingerprint of the predicted parameters,
+and the score is their normalised correlation. Simulating the EPG per voxel at inline time (65k voxels x
+1000 TRs, ~7 s at 50 states on 2 cores) would eat a quarter of the chain's budget, so the archive carries
+a table of the fingerprints' subspace coefficients on a regular grid over log T1, log T2 (and B1), and a
+voxel's fingerprint is interpolated from it with separable Catmull-Rom cubics (4 nodes per axis).
+
+Error (tests/test_mapping_table.py checks it against exact EPG at random points; `python
+benchmarks/bench_mapping.py --table` measures it): with 129 nodes per log axis over the default ranges
+the interpolated fingerprint is within ~1e-4 (relative, RMS over the schedule) of the EPG one, which
+moves PD by < 0.1 % and the score by < 1e-6.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mrf_core.epg import simulate_fingerprints
+from mrf_core.mapping.parameters import ParameterSpace
+from mrf_core.sequence import FispSchedule
+from mrf_core.temporal_basis import TemporalBasis
+
+DEFAULT_TABLE_NODES = 129
+DEFAULT_B1_NODES = 17
+
+
+@dataclass
+class FingerprintTable:
+    """Subspace coefficients (prod(shape), K) and time-domain norms (prod(shape),) of fingerprints on a
+    regular grid: axis p runs from lo[p] with step[p] in log T1, log T2 (and linear B1), one node beyond
+    the parameter range at each end."""
+
+    coefficients: torch.Tensor
+    norms: torch.Tensor
+    lo: torch.Tensor
+    step: torch.Tensor
+    shape: tuple[int, ...]
+
+    @classmethod
+    def build(cls, schedule: FispSchedule, basis: TemporalBasis, space: ParameterSpace,
+              n_nodes: int = DEFAULT_TABLE_NODES, n_b1_nodes: int = DEFAULT_B1_NODES, n_states: int = 50,
+              device: str | torch.device | None = None) -> FingerprintTable:
+        """Simulate the grid's fingerprints (T2 clipped to the physical bound 2 T1) and project them."""
+        axes = [_padded_axis(np.log(lo), np.log(hi), n_nodes) for lo, hi in (space.t1_range_ms, space.t2_range_ms)]
+        if space.b1_range is not None:
+            axes.append(_padded_axis(*space.b1_range, n_b1_nodes))
+        grids = np.meshgrid(*axes, indexing="ij")
+        t1 = np.exp(grids[0]).ravel()
+        t2 = np.minimum(np.exp(grids[1]).ravel(), 2 * t1)
+        b1 = grids[2].ravel() if len(axes) == 3 else 1.0
+        fps = simulate_fingerprints(schedule, t1, t2, b1, n_states=n_states, device=device).cpu().numpy()
+        coefficients = basis.project_real(fps)
+        return cls(
+            coefficients=torch.as_tensor(coefficients), norms=torch.as_tensor(np.linalg.norm(fps, axis=1)),
+            lo=torch.tensor([a[0] for a in axes], dtype=torch.float32),
+            step=torch.tensor([a[1] - a[0] for a in axes], dtype=torch.float32),
+            shape=tuple(a.size for a in axes),
+        )
+
+    def lookup(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interpolated coefficients (N, K) and norms (N,) at params (N, P): T1, T2 in ms (and B1),
+        clamped to the table's range (its nodes without the padding node at each end)."""
+        n_axes = len(self.shape)
+        g = params[:, :n_axes].to(torch.float32).clone()
+        g[:, :2] = torch.log(g[:, :2].clamp_min(1e-30))
+        pos = (g - self.lo) / self.step
+        last = torch.tensor(self.shape, dtype=torch.float32) - 2  # the last node inside the range
+        pos = torch.minimum(pos.clamp_min(1.0), last)
+        base = torch.minimum(pos.floor(), last - 1)
+        t = pos - base
+        weights = _catmull_rom(t)  # (N, P, 4)
+        strides = [int(np.prod(self.shape[p + 1 :])) for p in range(n_axes)]
+        base = base.long()
+        coefficients = torch.zeros(params.shape[0], self.coefficients.shape[1], dtype=self.coefficients.dtype)
+        norms = torch.zeros(params.shape[0], dtype=self.norms.dtype)
+        for taps in itertools.product(range(4), repeat=n_axes):
+            flat = torch.zeros(params.shape[0], dtype=torch.long)
+            w = torch.ones(params.shape[0])
+            for p, tap in enumerate(taps):
+                flat += (base[:, p] + tap - 1).clamp(0, self.shape[p] - 1) * strides[p]
+                w = w * weights[:, p, tap]
+            coefficients += w[:, None] * self.coefficients[flat]
+            norms += w * self.norms[flat]
+        return coefficients, norms
+
+
+def _padded_axis(lo: float, hi: float, n_nodes: int) -> np.ndarray:
+    """n_nodes from lo to hi plus one beyond each end, so that every cubic inside [lo, hi] has its 4 nodes."""
+    if n_nodes < 2:
+        raise ValueError(f"a table axis needs >= 2 nodes, got {n_nodes}")
+    step = (hi - lo) / (n_nodes - 1)
+    return lo + step * np.arange(-1, n_nodes + 1)
+
+
+def _catmull_rom(t: torch.Tensor) -> torch.Tensor:
+    """Weights (..., 4) of nodes i-1, i, i+1, i+2 at fraction t of the way from node i to i+1."""
+    t2, t3 = t * t, t * t * t
+    return torch.stack([(-t3 + 2 * t2 - t) / 2, (3 * t3 - 5 * t2 + 2) / 2, (-3 * t3 + 4 * t2 + t) / 2,
+                        (t3 - t2) / 2], dim=-1)

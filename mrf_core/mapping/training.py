@@ -1,0 +1,263 @@
+"""Training a mapping network on EPG fingerprints at continuous random tissue parameters.
+
+Recipe (`TrainConfig`, every field recorded in the archive):
+- tissues drawn from the ParameterSpace (log-uniform by default, T2 < T1), simulated once with the EPG
+  (50 states: exact to float32 for T2 <= ~200 ms, see mrf_core.epg), kept as real fingerprints for
+  time-course models or as their subspace coefficients for coefficient models (rank `rank` of the SVD
+  basis of a 5 % percent grid over the same ranges, or of `basis_dictionary`);
+- each batch drawn fresh: a random complex PD (amplitude 0.2-5, any phase) and complex Gaussian noise at an
+  SNR drawn log-uniformly from `snr_range` (SNR per time point: mean |signal| / sigma, sigma^2 = E|n|^2, the
+  definition of benchmarks/bench_matching.py; noise in the coefficients is the same white noise, the basis
+  being orthonormal), a `clean_fraction` of the batch noiseless;
+- MSE on normalised targets (mrf_core.mapping.parameters), Adam, learning rate halved on a validation
+  plateau, early stopping after `patience` epochs without a 0.1 % improvement (the best epoch is kept), a
+  fixed validation set (its own seeded noise), fixed seeds; CPU by default, CUDA when `device` says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mrf_core.dictionary import Dictionary, build_dictionary, percent_grid
+from mrf_core.epg import default_device, simulate_fingerprints
+from mrf_core.mapping.architectures import ARCHITECTURES, build_network
+from mrf_core.mapping.archive import write_archive
+from mrf_core.mapping.inputs import InputTransform, channels_of, reference_of
+from mrf_core.mapping.module import MappingModule
+from mrf_core.mapping.parameters import ParameterSpace
+from mrf_core.mapping.table import DEFAULT_TABLE_NODES, FingerprintTable
+from mrf_core.sequence import FispSchedule
+from mrf_core.temporal_basis import TemporalBasis
+
+log = logging.getLogger(__name__)
+
+SCORE_BASIS_RANK = 20  # basis of a time-course model's fingerprint table (residual ~1e-6 for Jiang)
+_SIM_CHUNK = 8192
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "mlp"
+    input_kind: str | None = None  # None: the architecture's default (ARCHITECTURES)
+    rank: int = 5  # coefficient models: basis rank
+    arch_options: dict = field(default_factory=dict)
+    space: ParameterSpace = field(default_factory=ParameterSpace)
+    n_train: int = 100_000
+    n_val: int = 10_000
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3
+    patience: int = 8
+    snr_range: tuple[float, float] | None = (2.0, 200.0)  # None: noiseless training
+    clean_fraction: float = 0.05
+    n_states: int = 50
+    seed: int = 0
+    device: str | None = None
+    table_nodes: int = DEFAULT_TABLE_NODES
+    basis_dictionary: str | None = None
+    max_minutes: float | None = None  # stop after the epoch that passes this wall-clock budget
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch = {self.arch!r} must be one of {sorted(ARCHITECTURES)}")
+        if self.input_kind is None:
+            self.input_kind = ARCHITECTURES[self.arch][1]
+        channels_of(self.input_kind)
+        for name in ("n_train", "n_val", "epochs", "batch_size", "rank", "n_states"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)} must be >= 1")
+        if self.snr_range is not None:
+            lo, hi = self.snr_range
+            if not 0 < lo <= hi:
+                raise ValueError(f"snr_range = {self.snr_range} must satisfy 0 < low <= high")
+        if not 0 <= self.clean_fraction <= 1:
+            raise ValueError(f"clean_fraction = {self.clean_fraction} must be in [0, 1]")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["space"] = self.space.to_dict()
+        return d
+
+
+@dataclass
+class TrainingSet:
+    """params (n, P) in their units; signals (n, L) real (coefficients or fingerprints); mean_abs (n,)
+    mean |fingerprint| over time (the SNR reference)."""
+
+    params: np.ndarray
+    signals: torch.Tensor
+    mean_abs: torch.Tensor
+
+
+def simulate_set(schedule: FispSchedule, space: ParameterSpace, n: int, rng: np.random.Generator,
+                 basis: TemporalBasis | None, n_states: int = 50, device=None, progress: bool = False) -> TrainingSet:
+    """n random tissues and their fingerprints (projected on `basis` when given), in chunks."""
+    params = space.sample(n, rng)
+    signals, mean_abs = [], []
+    for lo in tqdm(range(0, n, _SIM_CHUNK), desc="EPG", unit="chunk", disable=not progress):
+        p = params[lo : lo + _SIM_CHUNK]
+        fps = simulate_fingerprints(schedule, p[:, 0], p[:, 1], p[:, 2] if p.shape[1] > 2 else 1.0,
+                                    n_states=n_states, device=device).cpu()
+        mean_abs.append(fps.abs().mean(dim=1))
+        signals.append(fps @ torch.as_tensor(basis.vectors) if basis is not None else fps)
+    return TrainingSet(params, torch.cat(signals), torch.cat(mean_abs))
+
+
+def augment(signals: torch.Tensor, mean_abs: torch.Tensor, snr_range, clean_fraction: float,
+            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real signals (B, L) -> (re, im) of pd * signal + noise: random complex PD, SNR from snr_range."""
+    b = signals.shape[0]
+    amplitude = torch.exp(torch.empty(b, 1).uniform_(math.log(0.2), math.log(5.0), generator=gen))
+    phase = torch.empty(b, 1).uniform_(-math.pi, math.pi, generator=gen)
+    re, im = signals * amplitude * torch.cos(phase), signals * amplitude * torch.sin(phase)
+    if snr_range is not None:
+        lo, hi = snr_range
+        snr = torch.exp(torch.empty(b, 1).uniform_(math.log(lo), math.log(hi), generator=gen))
+        sigma = amplitude * mean_abs[:, None] / snr / math.sqrt(2.0)
+        if clean_fraction > 0:
+            sigma = sigma * (torch.rand(b, 1, generator=gen) >= clean_fraction)
+        re = re + sigma * torch.randn(re.shape, generator=gen)
+        im = im + sigma * torch.randn(im.shape, generator=gen)
+    return re, im
+
+
+def model_basis(schedule: FispSchedule, config: TrainConfig, rank: int) -> TemporalBasis:
+    """The input (or table) basis: from config.basis_dictionary, else the SVD basis of a 5 % grid over the
+    training ranges (the dictionary `mrf dictionary build --grid percent --step-pct 5 --rank K` makes for the
+    default ranges, so a chain using that dictionary needs no conversion)."""
+    if config.basis_dictionary is not None:
+        d = Dictionary.load(config.basis_dictionary, schedule=schedule, fingerprints=False)
+        if d.basis.rank < rank:
+            raise ValueError(f"{config.basis_dictionary} has a rank-{d.basis.rank} basis, rank {rank} asked")
+        return d.basis.truncated(rank)
+    space = config.space
+    b1 = (1.0,) if space.b1_range is None else tuple(np.linspace(*space.b1_range, 5))
+    grid = percent_grid(5.0, space.t1_range_ms, space.t2_range_ms, b1_axis=b1)
+    rank = min(rank, schedule.n_timepoints)
+    return build_dictionary(schedule, grid, n_states=config.n_states, rank=rank, keep_fingerprints=False,
+                            progress=False, device=config.device).basis
+
+
+@torch.no_grad()
+def _predict_normalised(module: MappingModule, re: torch.Tensor, im: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    return torch.cat([module.normalised(re[i : i + batch], im[i : i + batch]) for i in range(0, re.shape[0], batch)])
+
+
+def train_model(schedule: FispSchedule, config: TrainConfig,
+                out: str | Path | None = None) -> tuple[MappingModule, dict]:
+    """Train per `config`; write the archive to `out` when given. Returns (module in eval mode, metadata)."""
+    start = time.perf_counter()
+    device = torch.device(config.device) if config.device else default_device()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    space, kind = config.space, config.input_kind
+    coefficient_model = kind == "coefficients"
+    basis = model_basis(schedule, config, config.rank if coefficient_model else SCORE_BASIS_RANK)
+    train = simulate_set(schedule, space, config.n_train, rng, basis if coefficient_model else None,
+                         config.n_states, device, config.progress)
+    val = simulate_set(schedule, space, config.n_val, rng, basis if coefficient_model else None,
+                       config.n_states, device, False)
+    reference, sign_margin = reference_of(train.signals[:2000].numpy(), kind)
+    if kind != "magnitude" and sign_margin < 0.05:
+        log.warning("phase-sign margin %.3f is small: noisy voxels may get the wrong sign", sign_margin)
+    length = train.signals.shape[1]
+    network = build_network(config.arch, channels_of(kind), length, len(space.names), **config.arch_options)
+    module = MappingModule(InputTransform(kind, reference), network, space.output_scaling()).to(device)
+    y_train = torch.as_tensor(space.normalise(train.params))
+    y_val = torch.as_tensor(space.normalise(val.params))
+    val_re, val_im = augment(val.signals, val.mean_abs, config.snr_range, config.clean_fraction,
+                             torch.Generator().manual_seed(config.seed + 1))
+    optimiser = torch.optim.Adam(module.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=max(2, config.patience // 3))
+    best_loss, best_state, best_epoch, stale, history = math.inf, None, 0, 0, []
+    bar = tqdm(range(config.epochs), desc=f"train {config.arch}", unit="epoch", disable=not config.progress)
+    for epoch in bar:
+        module.train()
+        order = torch.randperm(config.n_train, generator=gen)
+        total = 0.0
+        for lo in range(0, config.n_train, config.batch_size):
+            ids = order[lo : lo + config.batch_size]
+            re, im = augment(train.signals[ids], train.mean_abs[ids], config.snr_range, config.clean_fraction, gen)
+            predicted = module.normalised(re.to(device), im.to(device))
+            loss = torch.nn.functional.mse_loss(predicted, y_train[ids].to(device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * ids.numel()
+        module.eval()
+        val_loss = float(torch.nn.functional.mse_loss(
+            _predict_normalised(module, val_re.to(device), val_im.to(device)).cpu(), y_val))
+        history.append({"epoch": epoch + 1, "train_loss": total / config.n_train, "val_loss": val_loss,
+                        "lr": optimiser.param_groups[0]["lr"]})
+        bar.set_postfix(train=f"{history[-1]['train_loss']:.2e}", val=f"{val_loss:.2e}", lr=f"{history[-1]['lr']:.0e}")
+        if val_loss < best_loss * (1 - 1e-3):
+            best_loss, best_state, best_epoch, stale = val_loss, copy.deepcopy(module.state_dict()), epoch + 1, 0
+        else:
+            stale += 1
+        scheduler.step(val_loss)
+        if stale >= config.patience:
+            log.info("early stop after epoch %d (best %d)", epoch + 1, best_epoch)
+            break
+        if config.max_minutes is not None and time.perf_counter() - start > 60 * config.max_minutes:
+            log.info("time budget of %g min reached after epoch %d", config.max_minutes, epoch + 1)
+            break
+    bar.close()
+    module.load_state_dict(best_state)
+    module.eval()
+    module.to("cpu")
+    predicted = module.scaling(_predict_normalised(module, val_re, val_im)).numpy()
+    metrics = {}
+    for p, name in enumerate(space.names):
+        err = predicted[:, p] - val.params[:, p]
+        metrics[name] = {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))),
+                         "median_rel_error": float(np.median(np.abs(err) / val.params[:, p]))}
+    table = FingerprintTable.build(schedule, basis, space, n_nodes=config.table_nodes, n_states=config.n_states)
+    module.attach(basis, table)
+    metadata = {
+        "architecture": {"name": config.arch, "options": config.arch_options,
+                         "description": ARCHITECTURES[config.arch][2],
+                         "n_parameters": int(sum(p.numel() for p in network.parameters()))},
+        "input": {"kind": kind, "channels": channels_of(kind), "length": int(length), "sign_margin": sign_margin,
+                  "normalisation": "phase aligned (half the angle of sum x^2, sign by the reference buffer), divided "
+                                   "by the complex norm, times sqrt(length); see mrf_core.mapping.inputs"},
+        "outputs": {"names": space.names, "units": ["ms", "ms", "relative"][: len(space.names)],
+                    "ranges": [list(r) for r in space.ranges], "scaling": space.scaling,
+                    "note": "forward(re, im) returns the parameters in their units, clamped to the ranges"},
+        "parameter_space": space.to_dict(),
+        "schedule": schedule.to_dict(),
+        "basis": {"role": "input" if coefficient_model else "score", "hash": basis.hash, "rank": basis.rank,
+                  "signal_phase": [basis.signal_phase.real, basis.signal_phase.imag],
+                  "residual_energy": basis.residual_energy(),
+                  "source": config.basis_dictionary or "percent grid 5 % over the training ranges"},
+        "table": {"shape": list(table.shape), "axes": ["log t1_ms", "log t2_ms", "b1"][: len(table.shape)],
+                  "interpolation": "Catmull-Rom cubic per axis", "n_states": config.n_states},
+        "training": {**config.to_dict(), "device": str(device), "torch_version": torch.__version__,
+                     "epochs_run": len(history), "best_epoch": best_epoch, "best_val_loss": best_loss,
+                     "final_train_loss": history[-1]["train_loss"], "val_metrics": metrics,
+                     "seconds": round(time.perf_counter() - start, 1), "history": history},
+    }
+    if out is not None:
+        write_archive(module, metadata, out)
+    return module, metadata
+
+
+# Named recipes. "default" makes mrf_core/data/default_model.pt:
+#   mrf train --preset default --out mrf_core/data/default_model.pt
+PRESETS: dict[str, dict] = {
+    "default": {
+        "arch": "mlp", "input_kind": "coefficients", "rank": 5, "n_train": 400_000, "n_val": 20_000,
+        "epochs": 60, "batch_size": 512, "lr": 2e-3, "patience": 10, "snr_range": (2.0, 200.0),
+        "clean_fraction": 0.05, "n_states": 50, "seed": 0, "max_minutes": 25.0,
+    },
+}
