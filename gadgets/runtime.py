@@ -10,19 +10,20 @@ Warnings: an external peer may not send TEXT (id 5) to Gadgetron 4 (it is an ill
 so gadgets log them (`logging.warning`; Gadgetron's log, and the project's replay/server forward such
 lines to the client as TEXT) and put them in image meta (`MRF_Warning`).
 
-Threads: the gadget processes of a chain share the machine, and run one slice each in a pipeline, so each
-caps its own torch/OpenMP threads (`threads` property; 0 leaves the libraries' defaults).
+Threads: the gadget processes of a chain share the machine and work on different slices at once (a
+pipeline), so each caps its torch threads (`threads` property; 0 leaves torch's default); reconstruct
+also hands it to finufft (ReconSettings.n_threads).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from gadgetron.external.constants import GADGET_MESSAGE_ERROR, GadgetMessageIdentifier, uint64
 
 from gadgets.properties import Property, integer
@@ -30,7 +31,7 @@ from gadgets.properties import Property, integer
 log = logging.getLogger(__name__)
 
 THREADS_PROPERTY = Property("threads", "2", integer(0, 256),
-                            "torch/OpenMP threads of this process (0: the libraries' default)")
+                            "torch threads of this process, and finufft's in reconstruct (0: default)")
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,9 @@ def write_error(destination, message: ErrorMessage) -> None:
 
 
 def set_threads(n_threads: int) -> None:
-    """Cap torch and OpenMP (finufft) threads of this process; 0 keeps the defaults."""
-    if n_threads <= 0:
-        return
-    os.environ["OMP_NUM_THREADS"] = str(n_threads)  # OpenMP libraries not yet initialised read it
-    import torch
-
-    torch.set_num_threads(n_threads)
+    """Cap torch's intra-op threads in this process; 0 keeps torch's default."""
+    if n_threads > 0:
+        torch.set_num_threads(n_threads)
 
 
 def one_line(exc: BaseException) -> str:

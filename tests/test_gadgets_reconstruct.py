@@ -159,3 +159,49 @@ def test_waveforms_and_other_items_pass_through(sim_small_scan, props):
                     [(reconstruct, {**props, "method": "backprojection"})])
     assert out[0] is waveform and [role_of(i) for i in out[1:]] == [BASIS_ROLE, COEFFICIENT_ROLE]
     assert warnings_of(out[2]) == []
+
+
+# ---- with a real (tiny) model archive --------------------------------------------------------------
+def _tiny_model(schedule, path):
+    from mrf_core.mapping.parameters import ParameterSpace
+    from mrf_core.mapping.training import TrainConfig, train_model
+
+    config = TrainConfig(arch="mlp", n_train=256, n_val=64, epochs=1, batch_size=64, table_nodes=9, n_states=10,
+                         progress=False, space=ParameterSpace((20.0, 3000.0), (5.0, 500.0)))
+    train_model(schedule, config, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(sim_small_scan, tmp_path_factory):
+    """A model for the scan's schedule and one for another schedule (the first 32 of its 40 TRs)."""
+    schedule = FispSchedule.from_ismrmrd(sim_small_scan[0].header)
+    folder = tmp_path_factory.mktemp("models")
+    return _tiny_model(schedule, folder / "own.pt"), _tiny_model(schedule.truncated(32), folder / "foreign.pt")
+
+
+def test_default_chain_with_a_model_for_the_scan_maps_with_the_network(sim_small_scan, models, props):
+    scan, acquisitions, _ = sim_small_scan
+    one_slice = [a for a in acquisitions if a.idx.slice == 0]
+    own = str(models[0])
+    images = run_chain(scan.header, one_slice, [(reconstruct, {**props, "model": own, "method": "backprojection"}),
+                                                (map_network, {"model": own}), (map_dictionary, props),
+                                                (emit, None)])
+    t1 = next(im for im in images if image_meta(im)["GADGETRON_DataRole"] == "T1")
+    meta = image_meta(t1)
+    assert meta["MRF_Mapper"] == "network" and "MRF_Warning" not in meta
+    truth = scan.truth().phantom.t1_ms[0]
+    assert (t1.data[0, 0][truth > 0] > 0).mean() > 0.8, "the network maps the object"
+
+
+def test_default_chain_with_a_foreign_model_falls_back_to_the_dictionary(sim_small_scan, models, props, caplog):
+    scan, acquisitions, _ = sim_small_scan
+    caplog.set_level("WARNING")
+    one_slice = [a for a in acquisitions if a.idx.slice == 0]
+    foreign = str(models[1])
+    images = run_chain(scan.header, one_slice, [(reconstruct, {**props, "model": foreign, "method": "backprojection"}),
+                                                (map_network, {"model": foreign}), (map_dictionary, props),
+                                                (emit, None)])
+    meta = image_meta(next(im for im in images if image_meta(im)["GADGETRON_DataRole"] == "T1"))
+    assert meta["MRF_Mapper"] == "dictionary" and "trained for schedule hash" in str(meta["MRF_Warning"])
+    assert "slice 0 not mapped by the network: model foreign.pt was trained for schedule" in caplog.text
