@@ -119,6 +119,8 @@ def test_both_arrays_in_one_file_pick_their_slice_and_the_wrong_array_is_named(t
     assert run_qa(tmp_path / "both.h5", "t2", 3.0).source["slice"] == 1
     with pytest.raises(QAError, match="looks like the MnCl2 array.*--array t2"):
         run_qa(tmp_path / "both.h5", "t1", 3.0, settings=QASettings(slice_index=1))
+    auto = run_qa(tmp_path / "both.h5", "auto", 3.0, settings=QASettings(slice_index=1))
+    assert auto.reference.array == "MnCl2" and auto.passed
     with pytest.raises(QAError, match="no slice 5"):
         run_qa(tmp_path / "both.h5", "t1", 3.0, settings=QASettings(slice_index=5))
 

@@ -24,8 +24,9 @@ def register(sub) -> None:
     )
     p.add_argument("maps", metavar="MAPS.h5|trend", help="map file to analyse, or the word 'trend'")
     p.add_argument("--phantom", choices=("nist",), default="nist", help="phantom")
-    p.add_argument("--array", choices=("t1", "t2"), default=None,
-                   help="sphere plate: t1 (NiCl2) or t2 (MnCl2); required for analysis, a filter for trend")
+    p.add_argument("--array", choices=("t1", "t2", "auto"), default=None,
+                   help="sphere plate: t1 (NiCl2), t2 (MnCl2) or auto (the one the spheres agree with); required "
+                   "for analysis, a filter for trend")
     p.add_argument("--field", type=float, choices=(1.5, 3.0), default=None, metavar="{1.5,3}",
                    help="field strength in T; required for analysis, a filter for trend")
     p.add_argument("--batch", type=int, choices=(1, 2), default=1, help="phantom batch (serial <= 41: 1)")
@@ -131,7 +132,7 @@ def _trend(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with TrendStore(args.store, create=False) as store:
         combos = sorted({(s["array"], s["field_T"]) for s in store.scans(
-            array_name(args.array) if args.array else None, args.field)})
+            array_name(args.array) if args.array not in (None, "auto") else None, args.field)})
         if not combos:
             raise CliError(f"trend store {args.store} has no scans"
                            + (" matching --array/--field" if args.array or args.field else ""))

@@ -4,12 +4,12 @@ Input checks, each a QAError that says what was found: a T1/T2 unit other than m
 MRF_Unit meta, or values that look like seconds), no T2 map, no field of view, a field of view too small
 for the sphere array or pixels too coarse for 15 mm spheres, no mapped voxel, no sphere array.
 
-Slice: the one asked for, else the slice whose spheres agree best with the asked array (a map file of
-`mrf simulate --phantom nist` holds both arrays). Numbering: of the candidate layouts that fit the blobs
-equally well (mrf_core.qa.spheres), the one whose ROI T1 and T2 agree best with the reference, by the
-median over spheres of |log(measured / reference)| averaged over T1 and T2 (the "agreement"). The wrong
-plate is caught the same way: if the other array's reference agrees twice as well, and the asked one
-is off by more than ~20 %, the maps are of the other plate.
+Slice: the one asked for, else the slice whose spheres agree best with the asked array (a map file of `mrf
+simulate --phantom nist` holds both arrays); array 'auto' takes the array that agrees best. Numbering: of the
+candidate layouts that fit the blobs equally well (mrf_core.qa.spheres), the one whose ROI T1 and T2 agree
+best with the reference, by the median over spheres of |log(measured / reference)| averaged over T1 and T2
+(the "agreement"). The wrong plate is caught the same way: if the other array's reference agrees twice as
+well, and the asked one is off by more than ~20 %, the maps are of the other plate.
 """
 
 from __future__ import annotations
@@ -22,12 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-from mrf_core.map_images import MapFile, read_map_file
+from mrf_core.map_images import USHORT_MAX, MapFile, read_map_file
 from mrf_core.maps import MapsError
-from mrf_core.phantoms import NIST_RING_RADIUS_MM, NIST_SPHERE_RADIUS_MM
+from mrf_core.phantoms import NIST_ARRAYS, NIST_RING_RADIUS_MM, NIST_SPHERE_RADIUS_MM
 from mrf_core.qa import QAError
 from mrf_core.qa.metrics import Evaluation, Tolerances, evaluate
-from mrf_core.qa.references import QUANTITIES, MeasurableRange, Reference, nist_qa_reference, other_array
+from mrf_core.qa.references import (
+    QUANTITIES,
+    MeasurableRange,
+    Reference,
+    array_name,
+    nist_qa_reference,
+    other_array,
+)
 from mrf_core.qa.roi import PixelGrid, RoiStats, eroded_radius_mm, sphere_stats
 from mrf_core.qa.spheres import MIN_SPHERES_FOUND, SCALE_RANGE, SphereLayout, foreground, locate_spheres
 
@@ -209,8 +216,10 @@ def run_qa(
     settings: QASettings = QASettings(),
     group: str | None = None,
 ) -> QAResult:
-    """QA of the maps in a map file (ISMRMRD images in the client layout) against the NIST `array` plate."""
-    reference = nist_qa_reference(array, field_t, batch, temperature_C, coefficients)
+    """QA of the maps in a map file (ISMRMRD images in the client layout) against the NIST `array` plate
+    ('t1', 't2', or 'auto': the plate whose reference the spheres agree with best)."""
+    arrays = list(NIST_ARRAYS) if array == "auto" else [array_name(array)]
+    references = [nist_qa_reference(a, field_t, batch, temperature_C, coefficients) for a in arrays]
     try:
         map_file = read_map_file(path, group)
     except MapsError as exc:
@@ -224,20 +233,21 @@ def run_qa(
     tried, errors = [], []
     for position in positions:
         maps = {k: v[position] for k, v in map_file.maps.items()}
-        try:
-            grid = slice_grid(map_file, position)
-            layout, stats, radius_mm, score = analyse_slice(maps, grid, reference, settings)
-        except QAError as exc:
-            errors.append(f"slice {map_file.slices[position]}: {exc}")
-            continue
-        tried.append((score, position, maps, grid, layout, stats, radius_mm))
+        for reference in references:
+            try:
+                grid = slice_grid(map_file, position)
+                layout, stats, radius_mm, score = analyse_slice(maps, grid, reference, settings)
+            except QAError as exc:
+                errors.append(f"slice {map_file.slices[position]}: {exc}")
+                break  # the same for either array
+            tried.append((score, position, reference, maps, grid, layout, stats, radius_mm))
     if not tried:
         raise QAError("; ".join(errors))
-    score, position, maps, grid, layout, stats, radius_mm = min(tried, key=lambda item: item[0])
+    score, position, reference, maps, grid, layout, stats, radius_mm = min(tried, key=lambda item: item[0])
     slice_index = map_file.slices[position]
     other = nist_qa_reference(other_array(reference.array), field_t, batch)
     other_score = agreement(stats, other)
-    if score > WRONG_ARRAY_AGREEMENT and other_score < score / 2:
+    if len(arrays) == 1 and score > WRONG_ARRAY_AGREEMENT and other_score < score / 2:
         raise QAError(f"slice {slice_index} looks like the {other.array} array, not {reference.array}: its spheres "
                       f"differ from the {other.array} reference by a median {_pct(other_score)} and from the "
                       f"{reference.array} reference by {_pct(score)} (run with --array "
@@ -246,6 +256,7 @@ def run_qa(
     warnings = list(reference.notes)
     if errors:
         warnings.extend(f"not analysed: {e}" for e in errors)
+    warnings.extend(saturation_warnings(map_file, reference))
     if layout.mirrored:
         warnings.append("the sphere numbering runs anticlockwise: the phantom (or the image) is mirrored")
     missing = [n for n, found in layout.found.items() if not found]
@@ -257,6 +268,21 @@ def run_qa(
     source = {"path": str(path), "group": map_file.group, "slice": slice_index, "n_slices": len(map_file.slices),
               "mapper": _meta_value(map_file, "MRF_Mapper")}
     return QAResult(source, reference, settings, grid, layout, radius_mm, stats, evaluation, maps, score, warnings)
+
+
+def saturation_warnings(map_file: MapFile, reference: Reference) -> list[str]:
+    """Maps stored as scaled ushort saturate at USHORT_MAX / ScaleRatio: name the spheres above it."""
+    warnings = []
+    for q in QUANTITIES:
+        ratio = map_file.meta.get(q, {}).get("GADGETRON_ScaleRatio")
+        if ratio is None:
+            continue
+        ceiling_ms = USHORT_MAX / float(ratio[0] if isinstance(ratio, list) else ratio)
+        above = [n for n in reference.values_ms if reference.value(n, q) >= 0.99 * ceiling_ms]
+        if above:
+            warnings.append(f"the {q[:2].upper()} map is scaled ushort and saturates at {ceiling_ms:g} ms: spheres "
+                            f"{', '.join(map(str, above))} cannot be measured (send float maps)")
+    return warnings
 
 
 def _pct(log_ratio: float) -> str:
