@@ -5,7 +5,7 @@ node's configuration against it. Every property has a default, so a node may hav
 (Gadgetron then sends only an XML declaration and gadgetron-python gives `connection.config = None`).
 Unknown names, duplicates and values the parser rejects are a `GadgetConfigError` that names the gadget,
 the property and what would be accepted. Values are strings in the XML; parsers turn them into Python
-values. The tables double as the README's property reference (`describe`).
+values.
 """
 
 from __future__ import annotations
@@ -141,8 +141,3 @@ def read_properties(config, table: Sequence[Property], gadget: str) -> SimpleNam
             raise GadgetConfigError(f"{gadget}: property {name} = {raw!r}: {exc}") from None
     log.info("%s properties: %s", gadget, ", ".join(f"{k}={given.get(k, known[k].default)!r}" for k in known))
     return SimpleNamespace(**values)
-
-
-def describe(table: Sequence[Property]) -> str:
-    """The table as Markdown rows: name, default, meaning."""
-    return "\n".join(f"| `{p.name}` | `{p.default}` | {p.help} |" for p in table)

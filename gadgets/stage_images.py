@@ -20,7 +20,7 @@ import json
 import ismrmrd
 import numpy as np
 
-from mrf_core.map_images import COEFFICIENT_ROLE, ImageGeometry, coefficient_image, image_meta
+from mrf_core.map_images import COEFFICIENT_ROLE, ImageGeometry, image_meta
 from mrf_core.maps import QUANTITY_BY_KEY, MapsError, QuantitativeMaps
 from mrf_core.sequence import FispSchedule
 from mrf_core.temporal_basis import TemporalBasis
@@ -108,11 +108,6 @@ def read_basis_image(image: ismrmrd.Image) -> tuple[TemporalBasis, FispSchedule]
 
 
 # ---- coefficient image -----------------------------------------------------------------------------
-def make_coefficient_image(coefficients: np.ndarray, basis: TemporalBasis, geometry: ImageGeometry,
-                           slice_index: int, series: int, extra_meta: dict[str, str] | None = None) -> ismrmrd.Image:
-    return coefficient_image(coefficients, basis.hash, geometry, slice_index, series, extra_meta)
-
-
 def read_coefficients(image: ismrmrd.Image) -> tuple[np.ndarray, str]:
     """(coefficients complex64 (rank, ny, nx), basis hash) of a coefficient image."""
     meta = image_meta(image)
