@@ -3,7 +3,7 @@
 A mapper is a callable (coefficient image, ScanContext) -> image: a maps bundle when it mapped the slice,
 or the coefficient image itself (with a warning) when it leaves the slice to a later stage.
 `ScanContext` holds what the stream said about the scan: the bases its coefficient images may be in (from
-basis images) and the effective schedule, and converts coefficients into the basis a mapper works in.
+basis images) and the effective schedule.
 """
 
 from __future__ import annotations
@@ -53,18 +53,6 @@ class ScanContext:
         if basis_hash not in self.bases:
             raise StageImageError(f"coefficients are in basis {basis_hash}, which no basis image described")
         return self.bases[basis_hash]
-
-    def convert(self, coefficients: np.ndarray, source_hash: str, target: TemporalBasis) -> np.ndarray:
-        """Coefficients (rank, ny, nx) in basis `source_hash` -> (ny, nx, target.rank) in `target`."""
-        voxels_last = np.moveaxis(coefficients, 0, -1)
-        if source_hash == target.hash:
-            return voxels_last
-        source = self.basis(source_hash)
-        if source.rank != coefficients.shape[0]:
-            raise StageImageError(f"coefficient image has {coefficients.shape[0]} channels, basis {source_hash} "
-                                  f"has rank {source.rank}")
-        matrix = source.conversion_to(target)  # BasisError when the subspaces differ
-        return (voxels_last @ matrix.T).astype(np.complex64)
 
 
 def object_voxels(coefficients: np.ndarray) -> np.ndarray:
