@@ -55,6 +55,7 @@ from mrf_core.subspace import (
     ToeplitzNormal,
     conjugate_gradient,
     fista_llr,
+    mix_channels,
     reduce_readouts,
 )
 from mrf_core.temporal_basis import TemporalBasis
@@ -65,6 +66,7 @@ METHODS = ("gridding", "backprojection", "cg", "llr")
 _K_EDGE_TOLERANCE = 1.01  # trajectories may overshoot matrix/2 by 1 % (rounding of the last sample)
 _COVERAGE_CELLS = 16  # k-space coverage is checked on a 16 x 16 grid of cells
 _COVERAGE_RADIUS = 0.95  # ... inside this fraction of matrix/2
+_COMPRESSION_SAMPLES = 200_000  # per channel, for the coil covariance
 
 
 class ReconError(ValueError):
@@ -246,17 +248,17 @@ def reconstruct_slice(data: SliceData, basis: TemporalBasis, settings: ReconSett
                                   (1.0 / counts[sampling.group])[:, None].astype(np.float32)], axis=1)
         if s.method == "gridding":
             weights = weights[:, -1:]
-        z = reduce_readouts(kspace, sampling, weights)  # (J, K + 1 (or 1), C, S)
+        z = reduce_readouts(kspace, sampling, weights)  # (K + 1 (or 1), C, J, S)
     with clock("compress"):
-        z = whitening @ z
+        z = mix_channels(whitening, z)
         coils = _compression(z, s.n_virtual_coils, notes)
         if coils is not None:
-            z = coils @ z
+            z = mix_channels(coils, z)
             whitening = coils @ whitening
     nufft = Nufft(sampling.traj, n, backend=s.nufft_backend, eps=s.nufft_eps, n_threads=s.n_threads,
                   device=s.device)
     with clock("coil_maps"):
-        mean = np.ascontiguousarray(z[:, -1].transpose(1, 0, 2)) * sampling.dcf[None]  # (V, J, S)
+        mean = z[-1] * sampling.dcf  # (V, J, S)
         coil_images = nufft.adjoint(mean.reshape(mean.shape[0], -1)) / np.float32(n * n)
         if n_coils == 1:
             _note(notes, f"slice {data.slice_index}: one receive channel: its coil map is the phase of its "
@@ -273,7 +275,7 @@ def reconstruct_slice(data: SliceData, basis: TemporalBasis, settings: ReconSett
 
     op = SubspaceOperator(sampling, basis.vectors, maps, basis.signal_phase, nufft=nufft)
     with clock("adjoint"):
-        rhs = op.adjoint_reduced(z[:, :rank], weighted=s.dcf_weighting)
+        rhs = op.adjoint_reduced(z[:rank], weighted=s.dcf_weighting)
         gain = _expected_gain(sampling, basis, n, s.dcf_weighting)
         backprojection = np.einsum("kl,lij->kij", np.linalg.inv(gain), rhs).astype(np.complex64)
     convergence: list[float] = []
@@ -323,11 +325,14 @@ def _whitening(data: SliceData, notes: list[str]) -> np.ndarray:
 
 
 def _compression(z: np.ndarray, n_virtual: int | None, notes: list[str]) -> np.ndarray | None:
-    n_coils = z.shape[2]
+    """The compression matrix from the reduced, whitened data (M, C, J, S): every component's samples
+    (strided to at most _COMPRESSION_SAMPLES per channel; the channel covariance needs no more)."""
+    n_coils = z.shape[1]
     if n_virtual is None or n_virtual >= n_coils:
         return None
-    samples = np.ascontiguousarray(z.transpose(2, 0, 1, 3)).reshape(n_coils, -1)
-    matrix, kept = compression_matrix(samples, n_virtual)
+    samples = np.ascontiguousarray(z.transpose(1, 0, 2, 3)).reshape(n_coils, -1)
+    step = max(1, samples.shape[1] // _COMPRESSION_SAMPLES)
+    matrix, kept = compression_matrix(samples[:, ::step], n_virtual)
     log.info("coil compression %d -> %d keeps %.2f %% of the energy", n_coils, n_virtual, 100 * kept)
     return matrix
 
@@ -368,7 +373,7 @@ def _grid_time_series(kspace: np.ndarray, sampling: SubspaceSampling, coils: np.
         rows = order[bounds[j]:bounds[j + 1]]
         if rows.size == 0:
             continue
-        y = (coils @ kspace[rows]) * (sampling.dcf[j] * scale)  # (n_j, V, S)
+        y = np.einsum("vc,rcs->rvs", coils, kspace[rows], optimize=True) * (sampling.dcf[j] * scale)
         op = Nufft(sampling.traj[j], n, backend=s.nufft_backend, eps=s.nufft_eps, n_threads=s.n_threads,
                    device=s.device)
         images = combine_coils(op.adjoint(y), maps)  # (n_j, N, N)

@@ -113,16 +113,18 @@ class SubspaceSampling:
 
 
 def reduce_readouts(kspace: np.ndarray, sampling: SubspaceSampling, weights: np.ndarray) -> np.ndarray:
-    """z[j, m] = sum_{r in j} weights[r, m] kspace[r]: readouts (R, C, S) -> (J, M, C, S) complex64.
+    """z[m, c, j] = sum_{r in j} weights[r, m] kspace[r, c]: readouts (R, C, S) -> (M, C, J, S) complex64.
 
     The one pass over the raw data the subspace methods need (weights: basis rows, or 1/n_j for the
-    per-interleave mean)."""
+    per-interleave mean). The layout puts the channel axis before the points so that channel mixing
+    is one matrix product per component and the NUFFT sees (M, C) transforms of J x S points."""
     n_r, n_c, n_s = kspace.shape
     weights = np.asarray(weights)
     if weights.shape[0] != n_r or sampling.n_readouts != n_r:
         raise SubspaceError(f"reduce_readouts: {n_r} readouts, {weights.shape[0]} weight rows, "
                             f"{sampling.n_readouts} readouts in the sampling")
-    out = np.zeros((sampling.n_interleaves, weights.shape[1], n_c * n_s), dtype=np.complex64)
+    n_m = weights.shape[1]
+    out = np.zeros((n_m, n_c, sampling.n_interleaves, n_s), dtype=np.complex64)
     order = np.argsort(sampling.group, kind="stable")
     bounds = np.searchsorted(sampling.group[order], np.arange(sampling.n_interleaves + 1))
     flat = kspace.reshape(n_r, n_c * n_s)
@@ -130,8 +132,17 @@ def reduce_readouts(kspace: np.ndarray, sampling: SubspaceSampling, weights: np.
     for j in range(sampling.n_interleaves):
         rows = order[bounds[j]:bounds[j + 1]]
         if rows.size:
-            out[j] = w[rows].T @ flat[rows]
-    return out.reshape(sampling.n_interleaves, weights.shape[1], n_c, n_s)
+            out[:, :, j, :] = (w[rows].T @ flat[rows]).reshape(n_m, n_c, n_s)
+    return out
+
+
+def mix_channels(matrix: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Apply a channel matrix (V, C) to reduced data (M, C, J, S) -> (M, V, J, S): one product per component."""
+    n_m, n_c = z.shape[:2]
+    out = np.empty((n_m, matrix.shape[0]) + z.shape[2:], dtype=np.complex64)
+    for m in range(n_m):
+        out[m] = (matrix @ z[m].reshape(n_c, -1)).reshape(out.shape[1:])
+    return out
 
 
 # ---- forward and adjoint ----------------------------------------------------------------------------
@@ -177,11 +188,10 @@ class SubspaceOperator:
         return self.adjoint_reduced(z, weighted)
 
     def adjoint_reduced(self, z: np.ndarray, weighted: bool = False) -> np.ndarray:
-        """The adjoint from reduced data z (J, K, C, S) (`reduce_readouts` with the basis rows)."""
-        s = self.sampling
-        data = np.ascontiguousarray(np.asarray(z, dtype=np.complex64).transpose(1, 2, 0, 3))  # (K, C, J, S)
+        """The adjoint from reduced data z (K, C, J, S) (`reduce_readouts` with the basis rows)."""
+        data = np.asarray(z, dtype=np.complex64)
         if weighted:
-            data *= s.dcf[None, None]
+            data = data * self.sampling.dcf
         images = self.nufft.adjoint(data.reshape(self.rank, self.n_coils, -1))  # (K, C, N, N)
         return combine_coils(images, self.coil_maps) * np.conj(self.phase)
 

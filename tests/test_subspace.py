@@ -97,7 +97,7 @@ def test_reduce_readouts_equals_explicit_sum():
     z = reduce_readouts(y, sampling, vectors)
     j = 5
     rows = np.flatnonzero(sampling.group == j)
-    np.testing.assert_allclose(z[j], np.einsum("rk,rcs->kcs", vectors[rows], y[rows]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(z[:, :, j], np.einsum("rk,rcs->kcs", vectors[rows], y[rows]), rtol=1e-4, atol=1e-4)
 
 
 def test_readouts_with_one_label_but_different_trajectories_are_kept_apart():
