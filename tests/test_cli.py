@@ -10,6 +10,7 @@ import pytest
 from mrf_core.cli import main
 from mrf_core.epg import simulate_fisp
 from mrf_core.sequence import default_schedule
+from tests.test_end_to_end import default_config_text, gadget_cache  # noqa: F401 (the demo test's fixture)
 
 
 def test_help_lists_subcommands():
@@ -68,9 +69,19 @@ def test_unwritable_output_leaves_nothing(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err and not target.parent.exists()
 
 
-def test_demo_writes_its_outputs(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+def test_demo_reconstructs_through_the_default_chain(tmp_path, capsys, gadget_cache):  # noqa: F811
+    """The demo, small (64^2, 200 TRs, 2 coils) and with a 10 % dictionary grid to stay quick: simulated
+    scan, replay through the default configuration, maps file, figure, accuracy line and its JSON."""
+    config = tmp_path / "demo_config.xml"
+    config.write_text(default_config_text(grid_step_pct="10"))
+    argv = ["demo", "--out", str(tmp_path), "--matrix", "64", "--timepoints", "200", "--coils", "2", "--config",
+            str(config)]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    for name in ("fingerprints.png", "basis.png", "dictionary_5pct.h5", "nist_t1_scan.h5", "nist_t1_scan.png"):
+    for name in ("fingerprints.png", "nist_scan.h5", "nist_scan.png", "maps.h5", "maps.png", "accuracy.json"):
         assert (tmp_path / name).stat().st_size > 1000, name
-    assert "white matter" in out and "matched T1" in out
+    summary = json.loads((tmp_path / "accuracy.json").read_text())
+    line = [row for row in out.splitlines() if row.startswith("accuracy vs truth over")]
+    assert line == [summary["summary"]] and len(summary["spheres"]) >= 10
+    good = [r["t1_ms_error_pct"] for r in summary["spheres"] if r["t1_ms_true"] > 100 and r["mapped_fraction"] > 0.5]
+    assert len(good) >= 6 and sorted(good)[len(good) // 2] < 15, good

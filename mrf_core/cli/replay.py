@@ -38,8 +38,8 @@ def load_config(spec: str):
 
 
 def save_maps_png(map_path: str | Path, png_path: str | Path, truth=None, title: str | None = None) -> None:
-    """T1, T2 and PD maps (one row per slice, colour bars; unmapped voxels black), and the truth's
-    maps below when a GroundTruth is given."""
+    """T1, T2 and PD maps (one row per slice, colour bars; unmapped voxels black), and below them the
+    true maps when a simulated scan's phantom (mrf_core.phantoms.Phantom) is given."""
     import matplotlib
     import numpy as np
 
@@ -48,30 +48,36 @@ def save_maps_png(map_path: str | Path, png_path: str | Path, truth=None, title:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import colors
 
-    maps = read_map_file(map_path).maps
-    columns = (("t1_ms", "T1 (ms)", "magma"), ("t2_ms", "T2 (ms)", "viridis"), ("pd", "PD (a.u.)", "gray"))
-    rows = [(f"slice {s}", {k: maps[k][s] for k, _, _ in columns if k in maps}) for s in range(maps["t1_ms"].shape[0])]
+    map_file = read_map_file(map_path)
+    maps = map_file.maps
+    columns = (("t1_ms", "T1 (ms)", "magma", True), ("t2_ms", "T2 (ms)", "viridis", True),
+               ("pd", "PD (a.u.)", "gray", False))
+    rows = [(f"slice {s}", {k: maps[k][i] for k, *_ in columns if k in maps}) for i, s in enumerate(map_file.slices)]
     if truth is not None:
-        for s in range(truth.t1_ms.shape[0]):
-            mask = truth.mask[s] > 0
-            rows.append((f"truth, slice {s}", {k: np.where(mask, getattr(truth, k)[s], np.nan)
-                                               for k, _, _ in columns}))
+        for s in range(truth.n_slices):
+            inside = truth.mask[s]
+            rows.append((f"truth, slice {s}", {k: np.where(inside, getattr(truth, k)[s], np.nan) for k, *_ in columns}))
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(4.2 * len(columns), 3.6 * len(rows)), squeeze=False)
-    for r, (name, row) in enumerate(rows):
-        for c, (key, label, cmap) in enumerate(columns):
+    for c, (key, label, cmap, log_scale) in enumerate(columns):
+        if key == "pd":  # each row on its own scale: PD has arbitrary units
+            scales = [None] * len(rows)
+        else:  # one scale per quantity, shared by maps and truth; logarithmic, as relaxation times span decades
+            finite = np.concatenate([np.ravel(row[key]) for _, row in rows if key in row])
+            finite = finite[np.isfinite(finite) & (finite > 0)]
+            low, high = np.percentile(finite, [1, 99]) if finite.size else (1.0, 10.0)
+            scales = [colors.LogNorm(max(low, 1.0), max(high, low * 1.01, 1.01))] * len(rows)
+        for r, (name, row) in enumerate(rows):
             ax = axes[r, c]
             ax.set_xticks([])
             ax.set_yticks([])
             if key not in row:
-                ax.set_title(f"{label}: not in file")
+                ax.set_title(f"{label}: not in the file")
                 continue
-            values = np.asarray(row[key], dtype=float)
-            limits = (0.0, 2000.0) if key == "t1_ms" else (0.0, 250.0) if key == "t2_ms" else \
-                (0.0, float(np.nanpercentile(values, 99)) if np.isfinite(values).any() else 1.0)
-            colours = plt.get_cmap(cmap).copy()
-            colours.set_bad("black")
-            shown = ax.imshow(np.ma.masked_invalid(values), cmap=colours, vmin=limits[0], vmax=limits[1])
+            values = np.ma.masked_invalid(np.where(np.asarray(row[key]) > 0, row[key], np.nan) if log_scale
+                                          else np.asarray(row[key], dtype=float))
+            shown = ax.imshow(values, cmap=plt.get_cmap(cmap).with_extremes(bad="black"), norm=scales[r])
             ax.set_title(f"{label}, {name}")
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     if title:

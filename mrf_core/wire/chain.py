@@ -75,10 +75,10 @@ class ChainReport:
         def fmt(v: float | None) -> str:
             return "-" if v is None else f"{v:.2f}"
 
-        rows = [f"{'stage':<34} {'start-up s':>10} {'items in':>8} {'out':>5} {'input closed':>12} "
+        rows = [f"{'stage':<38} {'start-up s':>10} {'items in':>8} {'out':>5} {'input closed':>12} "
                 f"{'first out':>9} {'closed':>7} {'peak MiB':>8}"]
         for s in self.stages:
-            rows.append(f"{s.label:<34} {s.startup_s:>10.2f} {s.items_in:>8} {s.items_out:>5} "
+            rows.append(f"{s.label:<38} {s.startup_s:>10.2f} {s.items_in:>8} {s.items_out:>5} "
                         f"{fmt(s.input_closed_s):>12} {fmt(s.first_out_s):>9} {fmt(s.closed_s):>7} "
                         f"{s.peak_rss_mib:>8.0f}")
         rows.append(f"all stages connected at {self.connected_s:.2f} s, first input {fmt(self.first_input_s)} s, "

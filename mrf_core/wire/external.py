@@ -134,9 +134,10 @@ class StageProcess:
             level, message = match["level"], match["message"]
             if level in ("CRITICAL", "FATAL"):
                 self.fatal = message
-            elif level in ("WARNING", "WARN") and self.on_log is not None and not message.startswith(_NO_CONFIGURATION):
-                self.on_log(self.label, level, message)
-            if log.isEnabledFor(logging.INFO) and level not in ("DEBUG",):
+            if level in ("WARNING", "WARN") and self.on_log is not None:
+                if not message.startswith(_NO_CONFIGURATION):
+                    self.on_log(self.label, level, message)
+            elif level != "DEBUG":
                 log.info("[%s] %s %s", self.label, level, message)
 
     def connect(self, timeout_s: float) -> None:

@@ -136,15 +136,26 @@ class ClientChannel:
             yield item
 
     def drain(self, seconds: float) -> None:
-        """Read and discard the rest of a client's messages (until CLOSE), for at most `seconds`."""
+        """Read and discard the rest of a client's messages (until CLOSE) for at most `seconds`, so that a
+        client still sending when its scan failed can finish sending and read the error."""
         deadline = time.monotonic() + seconds
-        self.sock.settimeout(min(seconds, self.sock.gettimeout() or seconds))
+        strings = {MessageId.CONFIG: self.reader.limits.config_bytes, MessageId.HEADER: self.reader.limits.header_bytes,
+                   MessageId.TEXT: self.reader.limits.text_bytes}
         try:
-            for _ in self.items({int(MessageId.ACQUISITION), int(MessageId.IMAGE), int(MessageId.WAVEFORM)}):
-                if time.monotonic() > deadline:
+            while time.monotonic() < deadline:
+                self.sock.settimeout(max(0.1, deadline - time.monotonic()))
+                mid = self.next_id()
+                if mid == MessageId.CLOSE:
+                    self.closed = True
                     return
-        except (InputError, OSError):
-            return
+                if mid in strings:
+                    self.reader.read_string(strings[mid], message_name(mid))
+                elif mid == MessageId.FILENAME:
+                    self.reader.read_config_name()
+                else:
+                    self.reader.read_item(mid)
+        except (WireError, OSError):
+            self.broken = True
 
 
 def handle_connection(sock: socket.socket, peer: str, settings: ServerSettings) -> str:
