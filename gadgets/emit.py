@@ -22,7 +22,6 @@ from gadgets.stage_images import (
     geometry_of,
     read_maps_bundle,
     role_of,
-    set_meta,
     warnings_of,
 )
 from mrf_core.map_images import COEFFICIENT_ROLE, image_meta, map_images
@@ -43,28 +42,15 @@ PROPERTIES = (
 )
 
 
-def _set_window(image, centre: float, width: float) -> None:
-    ratio = float(image_meta(image).get("GADGETRON_ScaleRatio", 1.0))
-    set_meta(image, {"GADGETRON_WindowCenter": f"{centre * ratio:.6g}",
-                     "GADGETRON_WindowWidth": f"{width * ratio:.6g}"})
-
-
 def scanner_images(bundle, settings) -> list:
     """The map images of one maps bundle, as configured."""
     maps = read_maps_bundle(bundle)
     warnings = warnings_of(bundle)
+    windows = {key: window for key, window in (("t1_ms", settings.t1_window), ("t2_ms", settings.t2_window))
+               if window is not None}
     images = map_images(maps, geometry_of(bundle), series_base=settings.series_base, as_ushort=settings.ushort,
-                        extra_meta={WARNING_KEY: warnings} if warnings else None)
-    windows = {"t1_ms": settings.t1_window, "t2_ms": settings.t2_window}
-    chosen = []
-    for image in images:
-        key = image_meta(image)["MRF_Quantity"]
-        if key not in settings.maps:
-            continue
-        if windows.get(key) is not None:
-            _set_window(image, *windows[key])
-        chosen.append(image)
-    return chosen
+                        extra_meta={WARNING_KEY: warnings} if warnings else None, windows=windows)
+    return [image for image in images if image_meta(image)["MRF_Quantity"] in settings.maps]
 
 
 def emitted(items: Iterable, settings) -> Iterator:

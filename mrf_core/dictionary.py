@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h5py
@@ -21,7 +21,7 @@ import torch
 from mrf_core.atomic_io import atomic_path
 from mrf_core.epg import DEFAULT_CHUNK_ATOMS, DEFAULT_N_STATES, signal_phase, simulate_fingerprints
 from mrf_core.sequence import FispSchedule, ScheduleError
-from mrf_core.temporal_basis import TemporalBasis, basis_from_fingerprints
+from mrf_core.temporal_basis import BasisError, TemporalBasis, basis_from_fingerprints
 
 FILE_FORMAT = "mrf-dictionary"
 FILE_VERSION = 1
@@ -150,6 +150,20 @@ class Dictionary:
         if self.fingerprints is None:
             raise DictionaryError("this dictionary is compressed-only: it has no time-domain fingerprints")
         return self.fingerprints[atoms].astype(np.complex64) * np.complex64(self.signal_phase)
+
+    def in_basis(self, basis: TemporalBasis) -> Dictionary:
+        """The dictionary with its compressed atoms expressed in `basis`, another basis of this schedule's
+        subspace (e.g. a reconstruction's truncated basis or a network model's). Matching coefficients of a
+        rank-K reconstruction must use atoms in that same K-dimensional subspace: padding the coefficients
+        into a larger basis normalises atoms over components the data do not have, which biases T2.
+        BasisError when `basis` does not capture this dictionary's subspace or has another phase."""
+        if basis.hash == self.basis.hash:
+            return self
+        conversion = self.basis.conversion_to(basis)  # (basis.rank, self.rank)
+        if np.abs(conversion.imag).max() > 1e-6 * max(float(np.abs(conversion.real).max()), 1.0):
+            raise BasisError(f"basis {basis.hash} has another signal phase than the dictionary's {self.basis.hash}")
+        compressed = (self.compressed @ conversion.real.T).astype(np.float32)
+        return replace(self, basis=basis, compressed=compressed)
 
     def describe(self) -> str:
         g = self.grid

@@ -72,9 +72,9 @@ def _image(data: np.ndarray, geometry: ImageGeometry, series: int, slice_index: 
     return image
 
 
-def _window(values: np.ndarray, quantity, ratio: float) -> tuple[float, float]:
-    if quantity.window is not None:
-        centre, width = quantity.window
+def _window(values: np.ndarray, window: tuple[float, float] | None, ratio: float) -> tuple[float, float]:
+    if window is not None:
+        centre, width = window
     else:
         finite = values[np.isfinite(values)]
         low, high = np.percentile(finite, [1.0, 99.0]) if finite.size else (0.0, 1.0)
@@ -88,9 +88,11 @@ def map_images(
     series_base: int = 1,
     as_ushort: bool = False,
     extra_meta: dict[str, str] | None = None,
+    windows: dict[str, tuple[float, float]] | None = None,
 ) -> list[ismrmrd.Image]:
     """One image per quantity present in `maps`: float32 by default, or ushort scaled by the quantity's
-    ratio (`GADGETRON_ScaleRatio`; stored = value * ratio, clipped to [0, 4095])."""
+    ratio (`GADGETRON_ScaleRatio`; stored = value * ratio, clipped to [0, 4095]). windows: display window
+    (centre, width) per quantity key in its unit, overriding the defaults of mrf_core.maps.QUANTITIES."""
     images = []
     for key, values in maps.arrays().items():
         quantity = QUANTITY_BY_KEY[key]
@@ -101,7 +103,7 @@ def map_images(
             data = np.clip(np.rint(clean * ratio), 0, USHORT_MAX).astype(np.uint16)
         else:
             data = clean
-        centre, width = _window(values, quantity, ratio)
+        centre, width = _window(values, (windows or {}).get(key, quantity.window), ratio)
         meta = {
             "DataRole": "Quantitative",
             "GADGETRON_DataRole": quantity.role,

@@ -15,6 +15,7 @@ from mrf_core.dictionary import (
 )
 from mrf_core.epg import simulate_fisp
 from mrf_core.sequence import default_schedule
+from mrf_core.temporal_basis import BasisError, TemporalBasis
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +125,22 @@ def test_compressed_only_has_no_signals(schedule):
                          progress=False)
     with pytest.raises(DictionaryError, match="compressed-only"):
         d.signals([0])
+
+
+def test_dictionary_in_another_basis_of_its_subspace(small):
+    truncated = small.basis.truncated(4)
+    projected = small.in_basis(truncated)
+    assert projected.basis is truncated and small.in_basis(small.basis) is small
+    np.testing.assert_allclose(projected.compressed, small.compressed[:, :4], atol=1e-5)
+    # a rotated basis of the same subspace: the atoms' projections keep their norms
+    rotation, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(4, 4)))
+    rotated = TemporalBasis((truncated.vectors @ rotation).astype(np.float32), truncated.singular_values,
+                            truncated.signal_phase, truncated.schedule_hash)
+    np.testing.assert_allclose(np.linalg.norm(small.in_basis(rotated).compressed, axis=1),
+                               np.linalg.norm(projected.compressed, axis=1), rtol=1e-4)
+    flipped = TemporalBasis(np.ascontiguousarray(small.basis.vectors[::-1]), small.basis.singular_values,
+                            small.basis.signal_phase, "other")
+    with pytest.raises(BasisError, match="different schedules or dictionaries"):
+        small.in_basis(flipped)
+    with pytest.raises(BasisError, match="another signal phase"):
+        small.in_basis(TemporalBasis(truncated.vectors, truncated.singular_values, 1j * truncated.signal_phase, "x"))

@@ -15,7 +15,7 @@ from gadgets.dictionary_source import DICTIONARY_PROPERTIES, cache_key, dictiona
 from gadgets.emit import PROPERTIES as EMIT_PROPERTIES
 from gadgets.emit import emit
 from gadgets.in_process import InProcessConnection, configuration, run_chain
-from gadgets.map_dictionary import in_basis, map_dictionary
+from gadgets.map_dictionary import map_dictionary
 from gadgets.map_network import NetworkMapper, map_network
 from gadgets.map_stage import ScanContext
 from gadgets.properties import GadgetConfigError, read_properties
@@ -35,7 +35,6 @@ from mrf_core.epg import simulate_fingerprints
 from mrf_core.map_images import ImageGeometry, coefficient_image, image_meta
 from mrf_core.maps import QuantitativeMaps
 from mrf_core.sequence import default_schedule
-from mrf_core.temporal_basis import BasisError, TemporalBasis
 
 TISSUES = [(300.0, 40.0), (800.0, 60.0), (1300.0, 90.0), (2000.0, 150.0), (3500.0, 1500.0)]
 N = 10
@@ -196,18 +195,6 @@ def test_dictionary_gadget_matches_in_the_coefficients_own_subspace(schedule, di
     t1_error, t2_error = np.abs(maps.t1_ms[inside] / t1[inside] - 1), np.abs(maps.t2_ms[inside] / t2[inside] - 1)
     assert t1_error.max() < 0.081 and t2_error.max() < 0.1, (t1_error.max(), t2_error.max())
     assert np.median(t2_error) < 0.04
-
-
-def test_dictionary_in_another_basis(schedule, dictionary):
-    small = dictionary.basis.truncated(4)
-    projected = in_basis(dictionary, small)
-    assert projected.basis is small and in_basis(dictionary, dictionary.basis) is dictionary
-    np.testing.assert_allclose(projected.compressed, dictionary.compressed[:, :4], atol=1e-5)
-    other = default_schedule().truncated(200)
-    flipped = TemporalBasis(np.ascontiguousarray(dictionary.basis.vectors[::-1]), dictionary.basis.singular_values,
-                            dictionary.basis.signal_phase, other.hash)
-    with pytest.raises(BasisError, match="different schedules or dictionaries"):
-        in_basis(dictionary, flipped)
 
 
 def test_dictionary_cache_is_reused(schedule, dictionary, dict_settings, caplog):
