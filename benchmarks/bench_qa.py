@@ -41,6 +41,17 @@ def _run(command: list[str], what: str) -> float:
     return elapsed
 
 
+def source_state() -> str:
+    """The commit measured, and the tracked files that differ from it (other work in the tree)."""
+    def git(*command: str) -> str:
+        done = subprocess.run(["git", *command], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.rstrip("\n") if done.returncode == 0 else "?"
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    commit = git("rev-parse", "--short", "HEAD").strip()
+    return f"commit {commit}" + (f", modified: {', '.join(changed)}" if changed else "")
+
+
 def truth_map_file(raw: Path, out: Path) -> Path:
     """The simulation's truth as a map file (QA of it must report zero errors)."""
     import numpy as np
@@ -108,24 +119,28 @@ def main() -> None:
     parser.add_argument("--out-dir", default="out/bench_qa", help="folder for the raw file, maps and results")
     parser.add_argument("--snr", type=float, default=40.0)
     parser.add_argument("--b1-field", type=float, default=0.0, help="B1 field amplitude of the simulation")
+    parser.add_argument("--raw", default=None, help="reuse this simulated raw file instead of simulating")
     parser.add_argument("--maps", default=None, help="QA only: a map file of the two 3 T plates (slices 0, 1)")
     args = parser.parse_args()
     out = REPO / args.out_dir
     out.mkdir(parents=True, exist_ok=True)
+    print(f"code: {source_state()}")
     mrf = [sys.executable, "-m", "mrf_core"]
     timings = {}
     if args.maps:
         maps = Path(args.maps).resolve()
     else:
-        raw, maps = out / "nist3T.h5", out / "maps.h5"
-        timings["simulate_s"] = _run(mrf + ["simulate", "--phantom", "nist", "--field", "3", "--snr", str(args.snr),
-                                           "--b1-field", str(args.b1_field), "--out", str(raw)], "simulate")
+        raw, maps = (Path(args.raw).resolve() if args.raw else out / "nist3T.h5"), out / "maps.h5"
+        if not args.raw:
+            timings["simulate_s"] = _run(mrf + ["simulate", "--phantom", "nist", "--field", "3", "--snr",
+                                               str(args.snr), "--b1-field", str(args.b1_field), "--out", str(raw)],
+                                         "simulate")
         qa_table(truth_map_file(raw, out / "truth_maps.h5"), "QA of the truth maps (must be 0 errors)")
         timings["replay_s"] = _run(mrf + ["replay", str(raw), "-c", args.config, "-o", str(maps), "--quiet"],
                                    f"replay through {args.config}")
     figures = qa_table(maps, f"QA of the maps from {args.config if not args.maps else args.maps}")
-    summary = {"config": args.config, "snr": args.snr, "b1_field": args.b1_field, "timings": timings,
-               "plates": figures}
+    summary = {"code": source_state(), "config": args.config, "snr": args.snr, "b1_field": args.b1_field,
+               "timings": timings, "plates": figures}
     (out / "bench_qa.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     print(f"\nwritten {out / 'bench_qa.json'}")
 
