@@ -31,7 +31,7 @@ class Quantity:
 
 QUANTITIES: tuple[Quantity, ...] = (
     Quantity("t1_ms", "T1", "ms", 0, (1500.0, 3000.0), 1.0),
-    Quantity("t2_ms", "T2", "ms", 1, (150.0, 300.0), 10.0),
+    Quantity("t2_ms", "T2", "ms", 1, (150.0, 300.0), 1.0),
     Quantity("pd", "PD", "a.u.", 2, None, None),
     Quantity("b1", "B1", "relative", 3, (1.0, 1.0), 1000.0),
     Quantity("quality", "MatchQuality", "correlation", 4, (0.5, 1.0), 1000.0),

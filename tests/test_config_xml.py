@@ -18,6 +18,7 @@ CHAINS = {
     "mrf_default.xml": ["reconstruct", "map_network", "map_dictionary", "emit"],
     "mrf_dictionary.xml": ["reconstruct", "map_dictionary", "emit"],
     "mrf_coefficients.xml": ["reconstruct"],
+    "mrf_qa.xml": ["reconstruct", "map_network", "map_dictionary", "emit", "qa"],
 }
 
 
@@ -62,4 +63,5 @@ def test_the_replay_accepts_the_configuration(name):
 def test_only_the_dictionary_chain_never_needs_a_model():
     basis = {name: _root(name).find("stream/external/configuration/property[@name='basis']").get("value")
              for name in CHAINS}
-    assert basis == {"mrf_default.xml": "auto", "mrf_dictionary.xml": "dictionary", "mrf_coefficients.xml": "auto"}
+    assert basis == {"mrf_default.xml": "auto", "mrf_dictionary.xml": "dictionary", "mrf_coefficients.xml": "auto",
+                     "mrf_qa.xml": "auto"}
