@@ -10,9 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
+from mrf_core.map_images import MapFile
 from mrf_core.phantoms import Placement, nist_reference, nist_sphere_centres_mm
 from mrf_core.qa import QAError
-from mrf_core.qa.analysis import QASettings, run_qa
+from mrf_core.qa.analysis import QASettings, run_qa, saturation_warnings
 from mrf_core.qa.metrics import Tolerances, bland_altman_pct, lins_ccc, r_squared
 from mrf_core.qa.references import MeasurableRange, load_temperature_coefficients, nist_qa_reference
 from mrf_core.qa.roi import PixelGrid, roi_stats
@@ -213,3 +214,13 @@ def test_metric_definitions():
     assert (stats.n_voxels, stats.n_mapped, stats.mean) == (3, 2, 1.5)
     grid = PixelGrid.from_fov((4, 8), (80.0, 20.0))
     assert (grid.dy_mm, grid.dx_mm) == (5.0, 10.0) and grid.to_pixel(10.0, -5.0) == (1.0, 5.0)
+
+
+def test_saturated_ushort_maps_are_named():
+    reference = nist_qa_reference("t2", 3.0)
+    coarse = MapFile({}, [0], {"t2_ms": {"GADGETRON_ScaleRatio": "10"}, "t1_ms": {}}, {}, "g")
+    (warning,) = saturation_warnings(coarse, reference)
+    above = sorted(n for n in reference.values_ms if reference.value(n, "t2_ms") >= 0.99 * 409.5)
+    assert above and f"saturates at 409.5 ms: spheres {', '.join(map(str, above))} " in warning
+    assert saturation_warnings(dataclasses.replace(coarse, meta={"t2_ms": {"GADGETRON_ScaleRatio": "1"}}),
+                               reference) == []
