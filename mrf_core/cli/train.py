@@ -62,7 +62,8 @@ def register(sub) -> None:
     p.add_argument("--table-nodes", type=int, default=None, help="fingerprint-table nodes per log axis (default 129)")
     p.add_argument("--basis-dictionary", default=None, metavar="FILE",
                    help="take the basis from this dictionary file (default: a 5 %% grid over the training ranges)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this budget")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock training budget in minutes (checked every 20 batches)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, metavar="FILE", help="output model archive (.pt)")
     p.set_defaults(func=run)

@@ -64,7 +64,7 @@ class TrainConfig:
     device: str | None = None
     table_nodes: int = DEFAULT_TABLE_NODES
     basis_dictionary: str | None = None
-    max_minutes: float | None = None  # stop after the epoch that passes this wall-clock budget
+    max_minutes: float | None = None  # wall-clock budget: training stops when it is spent (checked every 20 batches)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -113,6 +113,13 @@ def simulate_set(schedule: FispSchedule, space: ParameterSpace, n: int, rng: np.
     return TrainingSet(params, torch.cat(signals), torch.cat(mean_abs))
 
 
+def project_set(data: TrainingSet, basis: TemporalBasis) -> TrainingSet:
+    """A set of fingerprints -> the same set as coefficients (chunked as simulate_set, so identical)."""
+    u = torch.as_tensor(basis.vectors)
+    signals = torch.cat([data.signals[lo : lo + _SIM_CHUNK] @ u for lo in range(0, data.signals.shape[0], _SIM_CHUNK)])
+    return TrainingSet(data.params, signals, data.mean_abs)
+
+
 def augment(signals: torch.Tensor, mean_abs: torch.Tensor, snr_range, clean_fraction: float,
             gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Real signals (B, L) -> (re, im) of pd * signal + noise: random complex PD, SNR from snr_range."""
@@ -153,9 +160,11 @@ def _predict_normalised(module: MappingModule, re: torch.Tensor, im: torch.Tenso
     return torch.cat([module.normalised(re[i : i + batch], im[i : i + batch]) for i in range(0, re.shape[0], batch)])
 
 
-def train_model(schedule: FispSchedule, config: TrainConfig,
-                out: str | Path | None = None) -> tuple[MappingModule, dict]:
-    """Train per `config`; write the archive to `out` when given. Returns (module in eval mode, metadata)."""
+def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | None = None,
+                data: tuple[TrainingSet, TrainingSet] | None = None) -> tuple[MappingModule, dict]:
+    """Train per `config`; write the archive to `out` when given. Returns (module in eval mode, metadata).
+    `data`: (training, validation) fingerprints already simulated for this schedule and config (benchmarks
+    share one simulation between networks); by default they are simulated here."""
     start = time.perf_counter()
     device = torch.device(config.device) if config.device else default_device()
     torch.manual_seed(config.seed)
@@ -164,10 +173,18 @@ def train_model(schedule: FispSchedule, config: TrainConfig,
     space, kind = config.space, config.input_kind
     coefficient_model = kind == "coefficients"
     basis = model_basis(schedule, config, config.rank if coefficient_model else SCORE_BASIS_RANK)
-    train = simulate_set(schedule, space, config.n_train, rng, basis if coefficient_model else None,
-                         config.n_states, device, config.progress)
-    val = simulate_set(schedule, space, config.n_val, rng, basis if coefficient_model else None,
-                       config.n_states, device, False)
+    if data is None:
+        train = simulate_set(schedule, space, config.n_train, rng, basis if coefficient_model else None,
+                             config.n_states, device, config.progress)
+        val = simulate_set(schedule, space, config.n_val, rng, basis if coefficient_model else None,
+                           config.n_states, device, False)
+    else:
+        train, val = data
+        if (train.signals.shape[0], val.signals.shape[0]) != (config.n_train, config.n_val):
+            raise ValueError(f"data holds {train.signals.shape[0]}/{val.signals.shape[0]} signals, the config asks "
+                             f"{config.n_train}/{config.n_val}")
+        if coefficient_model:
+            train, val = project_set(train, basis), project_set(val, basis)
     reference, sign_margin = reference_of(train.signals[:2000].numpy(), kind)
     if kind != "magnitude" and sign_margin < 0.05:
         log.warning("phase-sign margin %.3f is small: noisy voxels may get the wrong sign", sign_margin)
@@ -181,12 +198,15 @@ def train_model(schedule: FispSchedule, config: TrainConfig,
     optimiser = torch.optim.Adam(module.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=max(2, config.patience // 3))
     best_loss, best_state, best_epoch, stale, history = math.inf, None, 0, 0, []
+    deadline = math.inf if config.max_minutes is None else start + 60 * config.max_minutes
     bar = tqdm(range(config.epochs), desc=f"train {config.arch}", unit="epoch", disable=not config.progress)
     for epoch in bar:
         module.train()
         order = torch.randperm(config.n_train, generator=gen)
-        total = 0.0
-        for lo in range(0, config.n_train, config.batch_size):
+        total, seen = 0.0, 0
+        for step, lo in enumerate(range(0, config.n_train, config.batch_size)):
+            if step % 20 == 0 and step > 0 and time.perf_counter() > deadline:
+                break  # the budget ends inside this (long) epoch: validate what was learnt, then stop
             ids = order[lo : lo + config.batch_size]
             re, im = augment(train.signals[ids], train.mean_abs[ids], config.snr_range, config.clean_fraction, gen)
             predicted = module.normalised(re.to(device), im.to(device))
@@ -195,10 +215,11 @@ def train_model(schedule: FispSchedule, config: TrainConfig,
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * ids.numel()
+            seen += ids.numel()
         module.eval()
         val_loss = float(torch.nn.functional.mse_loss(
             _predict_normalised(module, val_re.to(device), val_im.to(device)).cpu(), y_val))
-        history.append({"epoch": epoch + 1, "train_loss": total / config.n_train, "val_loss": val_loss,
+        history.append({"epoch": epoch + 1, "train_loss": total / seen, "val_loss": val_loss, "signals": seen,
                         "lr": optimiser.param_groups[0]["lr"]})
         bar.set_postfix(train=f"{history[-1]['train_loss']:.2e}", val=f"{val_loss:.2e}", lr=f"{history[-1]['lr']:.0e}")
         if val_loss < best_loss * (1 - 1e-3):
@@ -209,7 +230,7 @@ def train_model(schedule: FispSchedule, config: TrainConfig,
         if stale >= config.patience:
             log.info("early stop after epoch %d (best %d)", epoch + 1, best_epoch)
             break
-        if config.max_minutes is not None and time.perf_counter() - start > 60 * config.max_minutes:
+        if time.perf_counter() > deadline:
             log.info("time budget of %g min reached after epoch %d", config.max_minutes, epoch + 1)
             break
     bar.close()
@@ -256,8 +277,8 @@ def train_model(schedule: FispSchedule, config: TrainConfig,
 #   mrf train --preset default --out mrf_core/data/default_model.pt
 PRESETS: dict[str, dict] = {
     "default": {
-        "arch": "mlp", "input_kind": "coefficients", "rank": 5, "n_train": 400_000, "n_val": 20_000,
-        "epochs": 60, "batch_size": 512, "lr": 2e-3, "patience": 10, "snr_range": (2.0, 200.0),
+        "arch": "mlp", "input_kind": "coefficients", "rank": 5, "n_train": 200_000, "n_val": 20_000,
+        "epochs": 40, "batch_size": 512, "lr": 2e-3, "patience": 8, "snr_range": (2.0, 200.0),
         "clean_fraction": 0.05, "n_states": 50, "seed": 0, "max_minutes": 25.0,
     },
 }

@@ -1,0 +1,46 @@
+"""The shipped default model: loads, fits the default schedule, maps clean signals, converts bases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mrf_core.dictionary import build_dictionary, percent_grid
+from mrf_core.epg import simulate_fisp
+from mrf_core.mapping import ModelMismatchError, default_model_path, load_model
+from mrf_core.sequence import default_schedule
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load_model(default_model_path())
+
+
+def test_default_model_fits_the_default_schedule(default_model):
+    schedule = default_schedule()
+    default_model.check(schedule)
+    with pytest.raises(ModelMismatchError, match="1000 TRs.*500 TRs"):
+        default_model.check(schedule.truncated(500))
+    assert default_model.input_kind == "coefficients" and default_model.basis.rank == 5
+    assert default_model_path().stat().st_size < 5 * 2**20
+
+
+def test_default_model_maps_clean_signals(default_model):
+    t1, t2 = np.array([300.0, 800.0, 1400.0, 2500.0]), np.array([30.0, 60.0, 120.0, 400.0])
+    pd = np.array([1.0, 0.5j, -2.0, 1 + 1j], dtype=np.complex64)
+    signals = simulate_fisp(default_schedule(), t1, t2).numpy() * pd[:, None]
+    result = default_model.map_signals(signals)
+    np.testing.assert_allclose(result.t1_ms, t1, rtol=0.05)
+    np.testing.assert_allclose(result.t2_ms, t2, rtol=0.08)
+    np.testing.assert_allclose(result.pd, pd, rtol=0.05, atol=0.02)
+    assert (result.score > 0.999).all()
+
+
+def test_default_model_takes_another_rank_10_basis(default_model):
+    schedule = default_schedule()
+    coarse = build_dictionary(schedule, percent_grid(25.0), rank=10, keep_fingerprints=False, progress=False)
+    signals = simulate_fisp(schedule, [600.0, 1200.0], [50.0, 90.0]).numpy()
+    direct = default_model.map_coefficients(default_model.basis.project(signals), default_model.basis)
+    converted = default_model.map_coefficients(coarse.basis.project(signals), coarse.basis)
+    np.testing.assert_allclose(converted.t1_ms, direct.t1_ms, rtol=0.01)
+    np.testing.assert_allclose(converted.t2_ms, direct.t2_ms, rtol=0.02)
