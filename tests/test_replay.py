@@ -4,8 +4,15 @@ file, and failures exit 2 with the stage's reason."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import h5py
 import numpy as np
+import pytest
 
 from mrf_core.cli import main
 from tests.test_wire import config_xml, test_gadget  # noqa: F401 (fixture)
@@ -49,3 +56,43 @@ def test_replay_refuses_a_configuration_it_cannot_run(sim_small_scan, tmp_path, 
                       "</configuration>")
     assert main(["replay", str(sim_small_scan[2]), "-c", str(config), "-o", str(tmp_path / "o.h5")]) == 2
     assert "stream node 1 is <gadget>" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_replay_leaves_no_stage_process(sim_small_scan, test_gadget, tmp_path, sig):  # noqa: F811
+    """Ctrl-C: the replay stops its stages and exits 130; killed outright: the stages die with it."""
+    config = tmp_path / "hang.xml"
+    config.write_text(config_xml(("images", {"mode": "hang"}), ("passthrough", None)))
+    command = [sys.executable, "-m", "mrf_core", "replay", str(sim_small_scan[2]), "-c", str(config), "-o",
+               str(tmp_path / "o.h5")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while len(stage_pids(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stages = stage_pids(proc.pid)
+    assert len(stages) == 2
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == (130 if sig == signal.SIGINT else -9), output
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in stages) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in stages)
+
+
+def stage_pids(parent: int) -> list[int]:
+    """The `python -m gadgetron` children of a process."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"gadgetron" in cmdline:
+            pids.append(int(entry))
+    return pids
