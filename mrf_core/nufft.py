@@ -12,7 +12,7 @@ frequencies stay 2 pi k / matrix, the grid just holds more pixels.
 
 Backends (`BACKENDS`):
 - "finufft" (default, CPU): one finufft.Plan per (direction, batch size), points set once, at most
-  `n_threads` threads.
+  `n_threads` threads, each spreading whole transforms (bitwise reproducible).
 - "sigpy": sigpy.nufft / nufft_adjoint (numba on the CPU, cupy on a GPU with device="cuda[:n]"),
   rescaled from sigpy's orthonormal scaling to the convention above.
 - "cufinufft": cufinufft plans on a GPU (needs cupy and cufinufft; numpy in and out).
@@ -30,11 +30,18 @@ import numpy as np
 
 BACKENDS = ("finufft", "sigpy", "cufinufft", "dft")
 GPU_BACKENDS = ("cufinufft",)
-DEFAULT_EPS = 1e-5
+DEFAULT_EPS = 1e-4  # relative accuracy; image noise at SNR 40 is ~1e-2
+# finufft's grid oversampling: 1.25 instead of 2 makes the FFTs 2.6x smaller; measured 3x faster for the
+# standard slice's adjoint and PSF at eps 1e-4 (benchmarks/bench_recon.py)
+DEFAULT_UPSAMPLING = 1.25
 DEFAULT_THREADS = 2
 _DFT_MAX_ENTRIES = 50_000_000  # points x pixels of the explicit matrix
 _SIGPY_OVERSAMPLING, _SIGPY_WIDTH = 1.25, 4
 _MAX_CACHED_PLANS = 6
+# finufft's spread_thread 2: threads take whole transforms of a batch, so sums run in a fixed order and
+# results are bitwise reproducible (its automatic choice splits one transform's points between threads
+# when the batch is small, which adds them in a varying order).
+_FINUFFT_SPREAD_THREAD = 2
 
 
 class NufftError(ValueError):
@@ -75,11 +82,13 @@ class Nufft:
     """Forward (type 2) and adjoint (type 1) NUFFT on fixed points; see the module docstring.
 
     traj: (..., 2) cycles/FOV, flattened to M points; matrix: the image size that sets the frequency
-    scale; shape: the image grid (default (matrix, matrix)); eps: requested relative accuracy.
+    scale; shape: the image grid (default (matrix, matrix)); eps: requested relative accuracy;
+    upsampling: the fine grid's oversampling in finufft / cufinufft (1.25 or 2).
     """
 
     def __init__(self, traj, matrix: int, shape: tuple[int, int] | None = None, backend: str = "finufft",
-                 eps: float = DEFAULT_EPS, n_threads: int = DEFAULT_THREADS, device: str = "cpu"):
+                 eps: float = DEFAULT_EPS, n_threads: int = DEFAULT_THREADS, device: str = "cpu",
+                 upsampling: float = DEFAULT_UPSAMPLING):
         if backend not in BACKENDS:
             raise NufftError(f"nufft backend = {backend!r} must be one of {', '.join(BACKENDS)}")
         if not backend_available(backend, device):
@@ -96,6 +105,7 @@ class Nufft:
         self.matrix = int(matrix)
         self.shape = (self.matrix, self.matrix) if shape is None else tuple(int(s) for s in shape)
         self.backend, self.eps, self.n_threads, self.device = backend, float(eps), int(n_threads), device
+        self.upsampling = float(upsampling)
         self.n_points = points.shape[0]
         scale = 2.0 * math.pi / self.matrix
         # finufft's (x, y) pair with the array's (rows, columns): (ky, kx) in radians
@@ -165,7 +175,8 @@ class Nufft:
 
         def make():
             plan = finufft.Plan(nufft_type, self.shape, n_trans=n_trans, eps=self.eps,
-                                isign=-1 if nufft_type == 2 else 1, dtype="complex64", nthreads=self.n_threads)
+                                isign=-1 if nufft_type == 2 else 1, dtype="complex64", nthreads=self.n_threads,
+                                spread_thread=_FINUFFT_SPREAD_THREAD, upsampfac=self.upsampling)
             plan.setpts(self._rows, self._cols)
             return plan
 
@@ -181,7 +192,7 @@ class Nufft:
 
         def make():
             plan = cufinufft.Plan(nufft_type, self.shape, n_trans=n_trans, eps=self.eps,
-                                  isign=-1 if nufft_type == 2 else 1, dtype="complex64")
+                                  isign=-1 if nufft_type == 2 else 1, dtype="complex64", upsampfac=self.upsampling)
             plan.setpts(cupy.asarray(self._rows), cupy.asarray(self._cols))
             return plan
 

@@ -66,7 +66,8 @@ METHODS = ("gridding", "backprojection", "cg", "llr")
 _K_EDGE_TOLERANCE = 1.01  # trajectories may overshoot matrix/2 by 1 % (rounding of the last sample)
 _COVERAGE_CELLS = 16  # k-space coverage is checked on a 16 x 16 grid of cells
 _COVERAGE_RADIUS = 0.95  # ... inside this fraction of matrix/2
-_COMPRESSION_SAMPLES = 200_000  # per channel, for the coil covariance
+_COMPRESSION_SAMPLES = 200_000
+DEFAULT_ITERATIONS = {"cg": 5, "llr": 20}  # per channel, for the coil covariance
 
 
 class ReconError(ValueError):
@@ -86,12 +87,12 @@ class ReconSettings:
     coil_calibration_cycles: float = 24.0
     coil_mask_threshold: float = 0.05
     nufft_backend: str = "finufft"
-    nufft_eps: float = 1e-5
-    n_iterations: int = 15
+    nufft_eps: float = 1e-4
+    n_iterations: int | None = None
     tolerance: float = 1e-4
     dcf_weighting: bool = True
     lambda_l2: float = 0.0
-    llr_lambda: float = 0.0
+    llr_lambda: float = 0.05
     llr_block: int = 8
     device: str = "cpu"
     n_threads: int = DEFAULT_THREADS
@@ -108,7 +109,8 @@ class ReconSettings:
             ("n_virtual_coils", self.n_virtual_coils is None or self.n_virtual_coils >= 1),
             ("coil_calibration_cycles", self.coil_calibration_cycles > 0),
             ("coil_mask_threshold", 0 <= self.coil_mask_threshold < 1),
-            ("nufft_eps", 1e-7 <= self.nufft_eps <= 1e-1), ("n_iterations", self.n_iterations >= 1),
+            ("nufft_eps", 1e-7 <= self.nufft_eps <= 1e-1),
+            ("n_iterations", self.n_iterations is None or self.n_iterations >= 1),
             ("tolerance", self.tolerance >= 0), ("lambda_l2", self.lambda_l2 >= 0),
             ("llr_lambda", self.llr_lambda >= 0), ("llr_block", self.llr_block >= 2),
             ("n_threads", self.n_threads >= 1), ("coverage_min", 0 <= self.coverage_min <= 1),
@@ -118,6 +120,11 @@ class ReconSettings:
                 raise ReconError(f"{name} = {getattr(self, name)!r} is out of range")
         if self.method == "llr" and self.llr_lambda <= 0:
             raise ReconError("method 'llr' needs llr_lambda > 0")
+
+    @property
+    def iterations(self) -> int:
+        """n_iterations, or the method's measured default (DEFAULT_ITERATIONS)."""
+        return self.n_iterations if self.n_iterations is not None else DEFAULT_ITERATIONS.get(self.method, 0)
         if not backend_available(self.nufft_backend, self.device):
             raise ReconError(f"nufft backend {self.nufft_backend!r} on device {self.device!r} is not available here")
 
@@ -286,7 +293,7 @@ def reconstruct_slice(data: SliceData, basis: TemporalBasis, settings: ReconSett
             normal = ToeplitzNormal.compute(sampling, basis.vectors, weighted=s.dcf_weighting,
                                             backend=s.nufft_backend, eps=s.nufft_eps, n_threads=s.n_threads,
                                             device=s.device, cache_dir=s.psf_cache_dir)
-        with clock("iterations"), tqdm(total=s.n_iterations, desc=f"{s.method} slice {data.slice_index}",
+        with clock("iterations"), tqdm(total=s.iterations, desc=f"{s.method} slice {data.slice_index}",
                                        unit="it", disable=not progress) as bar:
             def apply(c):
                 return normal.apply(c, maps)
@@ -296,12 +303,12 @@ def reconstruct_slice(data: SliceData, basis: TemporalBasis, settings: ReconSett
 
             if s.method == "cg":
                 scale = float(np.trace(gain)) / rank
-                coefficients, record = conjugate_gradient(apply, rhs, s.n_iterations, x0=backprojection,
+                coefficients, record = conjugate_gradient(apply, rhs, s.iterations, x0=backprojection,
                                                           tolerance=s.tolerance, lambda_l2=s.lambda_l2 * scale,
                                                           callback=step)
             else:
                 threshold = s.llr_lambda * _largest_block_value(backprojection, s.llr_block)
-                coefficients, record = fista_llr(apply, rhs, s.n_iterations, threshold, s.llr_block,
+                coefficients, record = fista_llr(apply, rhs, s.iterations, threshold, s.llr_block,
                                                  x0=backprojection, callback=step)
             convergence = record.values
     return ReconResult(np.ascontiguousarray(coefficients, dtype=np.complex64), basis, time_average, maps,

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _TRAJ_AGREEMENT_CYCLES = 1e-3  # readouts sharing an interleave label must agree to this (cycles/FOV)
 _KERNEL_FORMAT = 1  # bump when the cached kernel layout changes
+_LIPSCHITZ_MARGIN = 1.25
 _MIX_CHUNK = 2048  # pixels per numba work item (K x chunk x 8 bytes stays in cache)
 
 
@@ -381,8 +382,8 @@ def fista_llr(normal: Callable[[np.ndarray], np.ndarray], rhs: np.ndarray, n_ite
               callback: Callable[[int], None] | None = None) -> tuple[np.ndarray, SolverLog]:
     """min_x 1/2 x^H N x - Re(x^H rhs) + lambda_llr sum_blocks ||X_block||_* by FISTA (Beck & Teboulle
     2009) with random block shifts per iteration (seeded: deterministic)."""
-    if lipschitz is None:
-        lipschitz = power_iteration(normal, rhs.shape)
+    if lipschitz is None:  # 8 power iterations reach ~85 % of the top eigenvalue (measured); 1.25 covers the rest
+        lipschitz = _LIPSCHITZ_MARGIN * power_iteration(normal, rhs.shape, n_iterations=8)
     step = 1.0 / lipschitz
     rng = np.random.default_rng(seed)
     x = np.zeros_like(rhs) if x0 is None else np.array(x0, dtype=rhs.dtype)

@@ -11,7 +11,7 @@ from mrf_core.nufft import BACKENDS, Nufft, NufftError, backend_available
 N = 16
 CPU_BACKENDS = [b for b in BACKENDS if b != "dft" and backend_available(b, "cpu")]
 GPU_CASES = [(b, "cuda") for b in ("sigpy", "cufinufft") if backend_available(b, "cuda")]
-TOLERANCE = {"finufft": 1e-4, "sigpy": 2e-2, "cufinufft": 1e-4}  # sigpy: width 4, oversampling 1.25
+TOLERANCE = {"finufft": 5e-4, "sigpy": 2e-2, "cufinufft": 5e-4}  # eps 1e-4; sigpy: width 4, oversampling 1.25
 
 
 def _random(rng, shape):
@@ -85,3 +85,10 @@ def test_errors(points):
 def test_gpu_backend_is_refused_cleanly_without_a_gpu(points):
     with pytest.raises(NufftError, match="not available"):
         Nufft(points, N, backend="cufinufft", device="cuda")
+
+
+def test_finufft_is_bitwise_reproducible(points):
+    rng = np.random.default_rng(6)
+    y = _random(rng, (3, len(points)))
+    first = Nufft(points, N, n_threads=2).adjoint(y)
+    assert all(np.array_equal(first, Nufft(points, N, n_threads=2).adjoint(y)) for _ in range(5))
