@@ -19,6 +19,7 @@ import torch
 
 from mrf_core.mapping.archive import ModelError, ModelMismatchError, basis_of, read_archive, schedule_of
 from mrf_core.mapping.module import table_of
+from mrf_core.mapping.refine import DEFAULT_ITERATIONS, refine
 from mrf_core.matching import MatchResult
 from mrf_core.sequence import FispSchedule
 from mrf_core.temporal_basis import BasisError, TemporalBasis
@@ -72,9 +73,11 @@ class MrfModel:
             )
 
     # ---- mapping --------------------------------------------------------------------------------
-    def map_coefficients(self, coefficients, basis: TemporalBasis) -> MatchResult:
+    def map_coefficients(self, coefficients, basis: TemporalBasis, refine: int = DEFAULT_ITERATIONS) -> MatchResult:
         """Complex coefficients (..., K) in `basis` -> maps (...). A basis other than the model's is
-        converted (TemporalBasis.conversion_to); ModelMismatchError if the subspaces do not agree."""
+        converted (TemporalBasis.conversion_to); ModelMismatchError if the subspaces do not agree.
+        refine: iterations of continuous matching on the fingerprint table after the network
+        (mrf_core.mapping.refine; 0 = the network's output as it is)."""
         if self.basis is None:
             raise ModelError(f"model {self.path.name} maps {self.input_kind} time courses, not coefficients; "
                              "use map_signals")
@@ -83,18 +86,19 @@ class MrfModel:
             raise ModelError(f"coefficients of shape {x.shape} do not fit a rank-{basis.rank} basis")
         if basis.hash != self.basis.hash:
             x = x @ self._conversion(basis).T
-        return self._map(x.astype(np.complex64), time_norms=None)
+        return self._map(x.astype(np.complex64), None, refine)
 
-    def map_signals(self, time_courses) -> MatchResult:
-        """Complex time courses (..., n_timepoints) of the model's schedule -> maps (...)."""
+    def map_signals(self, time_courses, refine: int = DEFAULT_ITERATIONS) -> MatchResult:
+        """Complex time courses (..., n_timepoints) of the model's schedule -> maps (...); refine as for
+        map_coefficients."""
         x = np.asarray(time_courses)
         n_t = self.schedule.n_timepoints
         if x.ndim == 0 or x.shape[-1] != n_t:
             raise ModelError(f"time courses of shape {x.shape}: the model's schedule has {n_t} time points")
         x = x.astype(np.complex64)
         if self.basis is not None:
-            return self._map(self.basis.project(x), time_norms=None)
-        return self._map(x, time_norms=np.linalg.norm(x, axis=-1))
+            return self._map(self.basis.project(x), None, refine)
+        return self._map(x, np.linalg.norm(x, axis=-1), refine)
 
     def _conversion(self, basis: TemporalBasis) -> np.ndarray:
         if basis.schedule_hash != self.schedule.hash:
@@ -108,7 +112,7 @@ class MrfModel:
             raise ModelMismatchError(f"the scan's basis does not span the model's subspace: {exc}") from None
 
     @torch.no_grad()
-    def _map(self, x: np.ndarray, time_norms: np.ndarray | None) -> MatchResult:
+    def _map(self, x: np.ndarray, time_norms: np.ndarray | None, refine_iterations: int) -> MatchResult:
         """x (..., L) complex in the model's input domain; time_norms |x| in the time domain for
         time-course models (their score and PD use the time-domain norms)."""
         spatial = x.shape[:-1]
@@ -125,12 +129,16 @@ class MrfModel:
             xc = torch.as_tensor(flat[chunk])
             out = self.module(xc.real.contiguous().to(self.device), xc.imag.contiguous().to(self.device)).cpu()
             finite = torch.isfinite(out).all(dim=1)
-            f_coef, f_norm = self._table.lookup(torch.nan_to_num(out, nan=1.0))
+            out = torch.nan_to_num(out, nan=1.0)
             if self.basis is None:  # time courses: compare in the table's subspace, norms in time
                 x_coef = torch.as_tensor(self._table_basis.project(flat[chunk]))
                 x_norm = torch.as_tensor(time_norms.reshape(-1)[chunk], dtype=torch.float32)
             else:
                 x_coef, x_norm = xc, torch.linalg.vector_norm(xc, dim=1)
+            if refine_iterations > 0:
+                out = refine(self._table, out, x_coef, refine_iterations)
+            f_coef, f_norm = self._table.lookup(out)
+            if self.basis is not None:
                 f_norm = torch.linalg.vector_norm(f_coef, dim=1)
             inner = (f_coef * x_coef.real).sum(1) + 1j * (f_coef * x_coef.imag).sum(1)
             f_norm = f_norm.clamp_min(1e-30)

@@ -14,7 +14,6 @@ moves PD by < 0.1 % and the score by < 1e-6.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,21 +70,17 @@ class FingerprintTable:
         pos = (g - self.lo) / self.step
         last = torch.tensor(self.shape, dtype=torch.float32) - 2  # the last node inside the range
         pos = torch.minimum(pos.clamp_min(1.0), last)
-        base = torch.minimum(pos.floor(), last - 1)
-        t = pos - base
-        weights = _catmull_rom(t)  # (N, P, 4)
+        base = torch.minimum(pos.floor(), last - 1)  # nodes base-1 .. base+2 all exist (padding)
+        axis_weights = _catmull_rom(pos - base)  # (N, P, 4)
         strides = [int(np.prod(self.shape[p + 1 :])) for p in range(n_axes)]
-        base = base.long()
-        coefficients = torch.zeros(params.shape[0], self.coefficients.shape[1], dtype=self.coefficients.dtype)
-        norms = torch.zeros(params.shape[0], dtype=self.norms.dtype)
-        for taps in itertools.product(range(4), repeat=n_axes):
-            flat = torch.zeros(params.shape[0], dtype=torch.long)
-            w = torch.ones(params.shape[0])
-            for p, tap in enumerate(taps):
-                flat += (base[:, p] + tap - 1).clamp(0, self.shape[p] - 1) * strides[p]
-                w = w * weights[:, p, tap]
-            coefficients += w[:, None] * self.coefficients[flat]
-            norms += w * self.norms[flat]
+        start = ((base.long() - 1) * torch.tensor(strides)).sum(dim=1)  # flat index of the first tap
+        offsets, weights = torch.zeros(1, dtype=torch.long), torch.ones(params.shape[0], 1)
+        for p in range(n_axes):  # tensor product of the per-axis taps: 4^P flat offsets and weights
+            offsets = (offsets[:, None] + strides[p] * torch.arange(4)[None, :]).reshape(-1)
+            weights = (weights[:, :, None] * axis_weights[:, p, None, :]).reshape(params.shape[0], -1)
+        flat = start[:, None] + offsets[None, :]  # (N, 4^P)
+        coefficients = torch.bmm(weights[:, None, :], self.coefficients[flat]).squeeze(1)
+        norms = (weights * self.norms[flat]).sum(dim=1)
         return coefficients, norms
 
 
