@@ -142,7 +142,8 @@ def _copy(header):
 
 
 def bad_scans(header, acquisitions) -> dict[str, tuple[bytes, str]]:
-    """Each bad input as a client sends it, and what its error must say."""
+    """Each bad input that reaches the gadgets, as a client sends it, and what its error must say (protocol
+    errors, unknown ids and configuration names with a path: tests/test_server.py)."""
     no_schedule, no_trajectory = _copy(header), _copy(header)
     no_schedule.sequenceParameters = None
     no_trajectory.encoding[0].trajectory = "cartesian"
@@ -156,10 +157,6 @@ def bad_scans(header, acquisitions) -> dict[str, tuple[bytes, str]]:
         "NaN readout": (client_scan(inline_config(), header, acquisitions[:10] + [nan] + acquisitions[11:]),
                         "non-finite"),
         "zero acquisitions": (client_scan(inline_config(), header, []), "without imaging acquisitions|no imaging"),
-        "config path": (client_scan(encode_config_name("../config_xml/mrf_default.xml"), header, acquisitions[:4]),
-                        "refused"),
-        "unknown message": (by_name + encode_header(header) + encode_item(acquisitions[0]) + encode_string(3333, "x"),
-                            "unexpected message id unknown \\(3333\\)"),
     }
 
 
