@@ -142,3 +142,25 @@ def test_connections_beyond_the_limit_are_refused_not_queued(server):
     finally:
         for sock in held:
             sock.close()
+
+
+def test_mrf_serve_command_serves_until_stopped(tmp_path):
+    """`mrf serve --port 0 --config-dir DIR` announces its port, answers a client, and stops on Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "echo.xml").write_text(config_xml(("images", None)))
+    proc = subprocess.Popen([sys.executable, "-m", "mrf_core", "serve", "--port", "0", "--config-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        line = proc.stdout.readline()
+        assert "configurations in" in line and "echo.xml" in line, line
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", line)[1])
+        _, texts = exchange(port, scan(encode_config_name("../echo.xml")), shut_write=True)
+        assert "refused" in texts[-1]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 130
