@@ -44,3 +44,5 @@ def test_default_model_takes_another_rank_10_basis(default_model):
     converted = default_model.map_coefficients(coarse.basis.project(signals), coarse.basis)
     np.testing.assert_allclose(converted.t1_ms, direct.t1_ms, rtol=0.01)
     np.testing.assert_allclose(converted.t2_ms, direct.t2_ms, rtol=0.02)
+    with pytest.raises(ModelMismatchError, match="does not hold the model's subspace"):
+        default_model.map_coefficients(coarse.basis.truncated(4).project(signals), coarse.basis.truncated(4))
