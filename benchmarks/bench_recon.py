@@ -148,12 +148,16 @@ def cases(args) -> list[dict]:
     out = [
         {"name": "gridding (Ma 2013)", "settings": {**common, "method": "gridding", "rank": None}},
         {"name": "back-projection (McGivney 2014)", "settings": {**common, "method": "backprojection"}},
-        {"name": "cg, 5 iterations (default)", "settings": {**common, "method": "cg"}},
+        {"name": "cg, 5 iterations", "settings": {**common, "method": "cg"}},
         {"name": "cg, 10 iterations", "settings": {**common, "method": "cg", "n_iterations": 10}},
         {"name": "cg, 20 iterations", "settings": {**common, "method": "cg", "n_iterations": 20}},
-        {"name": "llr, 20 iterations, lambda 0.05", "settings": {**common, "method": "llr"}},
-        {"name": "cg, 5 iterations, sigpy NUFFT", "settings": {**common, "method": "cg", "nufft_backend": "sigpy"}},
-        {"name": "cg, 5 iterations, ESPIRiT maps", "settings": {**common, "method": "cg", "coil_method": "espirit"}},
+        {"name": "llr, 10 iterations, lambda 0.4 (default)", "settings": {**common, "method": "llr"}},
+        {"name": "llr, 20 iterations, lambda 0.1", "settings": {**common, "method": "llr", "n_iterations": 20,
+                                                                 "llr_lambda": 0.1}},
+        {"name": "llr (default), sigpy NUFFT", "settings": {**common, "method": "llr", "nufft_backend": "sigpy"}},
+        {"name": "llr (default), ESPIRiT maps", "settings": {**common, "method": "llr", "coil_method": "espirit"}},
+        {"name": "llr (default), no coil compression", "settings": {**common, "method": "llr",
+                                                                    "n_virtual_coils": None}},
     ]
     if args.cases:
         out = [c for i, c in enumerate(out) if i in args.cases]
