@@ -1,7 +1,8 @@
 """Run gadgets in this process, without sockets: for tests, notebooks and debugging a chain step by step.
 
 `InProcessConnection` offers what a gadget uses of gadgetron.external.Connection (header, config,
-iteration, filter, send, add_writer) over a list of items, and records what the gadget sends.
+iteration, filter, send, the `writers` list of (accepts, writer) pairs) over a list of items, and records
+what the gadget sends.
 `run_chain` runs gadgets one after another, each on the previous one's output, like a stream of
 `<external>` nodes (without the re-serialisation between processes: the wire side is tested through real
 sockets by the replay's tests).
@@ -35,7 +36,7 @@ class InProcessConnection:
         self.config = config
         self._items = iter(items)
         self._filters: list[Callable] = []
-        self._writers: list[Callable] = [lambda item: isinstance(item, _WIRE_TYPES)]
+        self.writers: list[tuple[Callable, Callable | None]] = [(lambda item: isinstance(item, _WIRE_TYPES), None)]
         self.sent: list = []
 
     def __iter__(self):
@@ -51,11 +52,8 @@ class InProcessConnection:
         else:
             self._filters.append(predicate)
 
-    def add_writer(self, accepts: Callable, writer: Callable, *args, **kwargs) -> None:
-        self._writers.insert(0, accepts)
-
     def send(self, item) -> None:
-        if not any(accepts(item) for accepts in self._writers):
+        if not any(accepts(item) for accepts, _ in self.writers):
             raise TypeError(f"No appropriate writer found for item of type '{type(item)}'")
         self.sent.append(item)
 

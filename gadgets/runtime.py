@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from gadgetron.external.constants import GADGET_MESSAGE_ERROR, GadgetMessageIdentifier, uint64
 
+from gadgets import compat
 from gadgets.properties import Property, integer
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def one_line(exc: BaseException) -> str:
 def run_gadget(name: str, connection, body: Callable[[], None]) -> None:
     """Run a gadget's body: register the ERROR writer, log start/end and duration; on an exception send
     ERROR "<name>: <message>" to the host, log it, and re-raise."""
-    connection.add_writer(lambda item: isinstance(item, ErrorMessage), write_error)
+    compat.add_writer(connection, lambda item: isinstance(item, ErrorMessage), write_error)
     start = time.perf_counter()
     log.info("%s: started", name)
     try:

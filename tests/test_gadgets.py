@@ -132,6 +132,20 @@ def test_error_message_wire_format():
     assert raw[10:].decode("utf-8") == "map: bad é" and length == len(raw) - 10
 
 
+def test_error_writer_registered_on_a_real_gadgetron_connection():
+    from gadgetron.external.connection import Connection
+
+    connection = object.__new__(Connection)  # its writer list and send, without a socket handshake
+    connection.socket, connection.writers = io.BytesIO(), []
+    connection.add_writer(lambda item: isinstance(item, ErrorMessage), write_error)
+    with pytest.raises(TypeError):  # gadgetron-python 1.4.1's add_writer drops send's socket argument
+        connection.send(ErrorMessage("x"))
+    connection.writers = []
+    compat.add_writer(connection, lambda item: isinstance(item, ErrorMessage), write_error)
+    connection.send(ErrorMessage("reconstruct: bad"))
+    assert connection.socket.getvalue()[10:] == b"reconstruct: bad"
+
+
 def test_numpy2_shim_writes_arrays_that_need_a_cast():
     from gadgetron.external import writers
 
