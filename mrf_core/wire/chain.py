@@ -156,8 +156,9 @@ class _Run:
                     self.report.dropped += 1
                     log.info("dropped a %s from %s: no writer in the configuration accepts it",
                              type(item).__name__, stage.label)
-        except (WireError, StageError, OSError, ValueError) as exc:
-            self.fail(exc)
+        except Exception as exc:  # noqa: BLE001 (whatever stops a hop stops the chain, with its reason)
+            known = isinstance(exc, WireError | StageError | OSError)
+            self.fail(exc if known else ChainError(f"relaying {stage.label}'s output: {exc!r}"))
 
     def reason(self) -> str | None:
         """The error to report, or None when all went well: the first stage in chain order that failed by
