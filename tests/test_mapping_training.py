@@ -22,7 +22,7 @@ def small_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("small") / "small.pt"
     config = TrainConfig(arch="mlp", rank=8, space=SPACE, n_train=10000, n_val=1000, epochs=6, batch_size=128,
                          lr=3e-3, snr_range=(100.0, 1000.0), n_states=20, table_nodes=33, progress=False,
-                         arch_options={"width": 64})
+                         arch_options={"width": 64}, basis_step_pct=10.0)
     train_model(SCHEDULE, config, path)
     return load_model(path)
 
@@ -58,7 +58,7 @@ def test_pd_is_recovered_by_projection(small_model):
 
 
 def test_table_matches_exact_epg_at_random_parameters():
-    basis = model_basis(SCHEDULE, TrainConfig(space=SPACE, n_states=20, progress=False), rank=8)
+    basis = model_basis(SCHEDULE, TrainConfig(space=SPACE, n_states=20, progress=False, basis_step_pct=10.0), rank=8)
     table = FingerprintTable.build(SCHEDULE, basis, SPACE, n_nodes=65, n_states=20)
     params = SPACE.sample(400, np.random.default_rng(5))
     fingerprints = simulate_fingerprints(SCHEDULE, params[:, 0], params[:, 1], n_states=20).numpy()

@@ -64,6 +64,7 @@ class TrainConfig:
     device: str | None = None
     table_nodes: int = DEFAULT_TABLE_NODES
     basis_dictionary: str | None = None
+    basis_step_pct: float = 5.0  # grid step of the basis dictionary when basis_dictionary is None
     max_minutes: float | None = None  # wall-clock budget: training stops when it is spent (checked every 20 batches)
     progress: bool = True
 
@@ -139,9 +140,10 @@ def augment(signals: torch.Tensor, mean_abs: torch.Tensor, snr_range, clean_frac
 
 
 def model_basis(schedule: FispSchedule, config: TrainConfig, rank: int) -> TemporalBasis:
-    """The input (or table) basis: from config.basis_dictionary, else the SVD basis of a 5 % grid over the
-    training ranges (the dictionary `mrf dictionary build --grid percent --step-pct 5 --rank K` makes for the
-    default ranges, so a chain using that dictionary needs no conversion)."""
+    """The input (or table) basis: from config.basis_dictionary, else the SVD basis of a percent grid
+    (config.basis_step_pct, 5 % by default) over the training ranges (for the default ranges that is the
+    dictionary `mrf dictionary build --grid percent --step-pct 5 --rank K` makes, so a chain using that
+    dictionary needs no conversion)."""
     if config.basis_dictionary is not None:
         d = Dictionary.load(config.basis_dictionary, schedule=schedule, fingerprints=False)
         if d.basis.rank < rank:
@@ -149,7 +151,7 @@ def model_basis(schedule: FispSchedule, config: TrainConfig, rank: int) -> Tempo
         return d.basis.truncated(rank)
     space = config.space
     b1 = (1.0,) if space.b1_range is None else tuple(np.linspace(*space.b1_range, 5))
-    grid = percent_grid(5.0, space.t1_range_ms, space.t2_range_ms, b1_axis=b1)
+    grid = percent_grid(config.basis_step_pct, space.t1_range_ms, space.t2_range_ms, b1_axis=b1)
     rank = min(rank, schedule.n_timepoints)
     return build_dictionary(schedule, grid, n_states=config.n_states, rank=rank, keep_fingerprints=False,
                             progress=False, device=config.device).basis
@@ -260,10 +262,12 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
         "basis": {"role": "input" if coefficient_model else "score", "hash": basis.hash, "rank": basis.rank,
                   "signal_phase": [basis.signal_phase.real, basis.signal_phase.imag],
                   "residual_energy": basis.residual_energy(),
-                  "source": config.basis_dictionary or "percent grid 5 % over the training ranges"},
+                  "source": config.basis_dictionary or f"percent grid {config.basis_step_pct:g} % over the training "
+                                                       "ranges"},
         "table": {"shape": list(table.shape), "axes": ["log t1_ms", "log t2_ms", "b1"][: len(table.shape)],
                   "interpolation": "Catmull-Rom cubic per axis", "n_states": config.n_states},
         "training": {**config.to_dict(), "device": str(device), "torch_version": torch.__version__,
+                     "torch_threads": torch.get_num_threads(),
                      "epochs_run": len(history), "best_epoch": best_epoch, "best_val_loss": best_loss,
                      "final_train_loss": history[-1]["train_loss"], "val_metrics": metrics,
                      "seconds": round(time.perf_counter() - start, 1), "history": history},
