@@ -73,10 +73,12 @@ def timed(fn, *args, **kwargs):
 def train_cached(name: str, schedule, config: TrainConfig, cache: Path, data=None):
     """Train (or reuse the cached archive of the same recipe) and load the model."""
     path = cache / f"{name}.pt"
-    recipe = {k: v for k, v in config.to_dict().items() if k != "progress"}
+    recipe = {k: v for k, v in config.to_dict().items() if k not in ("progress", "device")}  # device: resolved
     if path.exists():
         stored = load_model(path).metadata["training"]
-        if all(json.loads(json.dumps(stored.get(k))) == json.loads(json.dumps(v)) for k, v in recipe.items()):
+        same = (json.dumps(stored[k]) == json.dumps(v) for k, v in json.loads(json.dumps(recipe)).items()
+                if k in stored)
+        if all(same):  # a field the archive lacks is newer than it and was at its default then
             print(f"  {name}: cached {path}")
             return load_model(path)
     _, metadata = train_model(schedule, config, path, data=data)
