@@ -75,6 +75,16 @@ def test_configuration_by_name_returns_images_and_warnings(server):
     assert texts == ["[wire_test_gadget.images] WARNING: wire test gadget: scale 2, mode echo, encoded x 8"]
 
 
+def test_mrd_client_habits_name_without_xml_texts_and_nul_terminated_header(server):
+    """MRD (FIRE) clients: a configuration name without .xml, TEXT messages, a header ending in NUL."""
+    head = encode_string(MessageId.HEADER, ismrmrd.xsd.ToXML(header()) + "\0")
+    data = (encode_config_name("echo") + encode_string(MessageId.TEXT, "hello") + head
+            + encode_string(MessageId.TEXT, "more") + b"".join(map(encode_item, acquisitions(2)))
+            + encode_id(MessageId.CLOSE))
+    images, texts = exchange(server.port, data)
+    assert len(images) == 2 and not any(t.startswith("ERROR") for t in texts), texts
+
+
 def test_inline_configuration(server):
     images, _ = exchange(server.port, scan(encode_string(MessageId.CONFIG, config_xml(("images", {"scale": "5"})))))
     assert len(images) == 3 and np.allclose(images[0].data, 5.0)

@@ -229,7 +229,7 @@ def test_configurations_we_cannot_run_are_refused_by_name(xml, message):
         parse_stream_config(xml)
 
 
-@pytest.mark.parametrize("name", ["../etc/passwd.xml", "sub/x.xml", "/abs/x.xml", "..", "x.txt", "", "a\0.xml"])
+@pytest.mark.parametrize("name", ["../etc/passwd.xml", "sub/x.xml", "/abs/x.xml", "..", "", "a\0.xml", "~root"])
 def test_configuration_names_never_leave_the_folder(tmp_path, name):
     (tmp_path / "ok.xml").write_text("<x/>")
     with pytest.raises(StreamConfigError, match="refused"):
@@ -239,6 +239,7 @@ def test_configuration_names_never_leave_the_folder(tmp_path, name):
 def test_configuration_name_resolves_inside_the_folder(tmp_path):
     (tmp_path / "ok.xml").write_text("<x/>")
     assert resolve_config_name("ok.xml", tmp_path) == tmp_path / "ok.xml"
+    assert resolve_config_name("ok", tmp_path) == tmp_path / "ok.xml"  # MRD clients leave out .xml
     with pytest.raises(StreamConfigError, match="available: ok.xml"):
         resolve_config_name("missing.xml", tmp_path)
 

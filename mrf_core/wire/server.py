@@ -3,10 +3,12 @@ can run our configurations without Gadgetron.
 
 Per connection: message 1 (a configuration name, resolved only inside the configuration folder) or 2
 (inline XML); message 3 (the header); items (acquisitions, and whatever else the readers accept); 4
-(close). Back: images, TEXT (5) for stage warnings, then CLOSE. Any failure is one TEXT message with the
-reason and then CLOSE, as Gadgetron's RootErrorHandler sends them. Each connection runs its own stage
-processes in its own thread, so one failed scan never touches another; a connection beyond
-`max_connections` gets a "busy" TEXT and CLOSE. Every read has a timeout and every length a limit.
+(close). TEXT messages from the client (which MRD clients may send) are logged and skipped; a trailing NUL
+after the header or configuration text (sent by some MRD clients) is ignored. Back: images, TEXT (5) for
+stage warnings, then CLOSE. Any failure is one TEXT message with the reason and then CLOSE, as Gadgetron's
+RootErrorHandler sends them. Each connection runs its own stage processes in its own thread, so one failed
+scan never touches another; a connection beyond `max_connections` gets a "busy" TEXT and CLOSE. Every
+read has a timeout and every length a limit.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class ClientChannel:
 
     def read_config(self, settings: ServerSettings) -> StreamConfig | None:
         """Message 1 or 2; None when the client closes first."""
-        mid = self.next_id()
+        mid = self.skip_texts()
         if mid == MessageId.CLOSE:
             self.closed = True
             return None
@@ -101,17 +103,25 @@ class ClientChannel:
             log.info("%s: configuration %s", self.peer, name)
             return load_stream_config(resolve_config_name(name, settings.config_dir))
         if mid == MessageId.CONFIG:
-            text = self.reader.read_string(settings.limits.config_bytes, "configuration text")
+            text = self.reader.read_string(settings.limits.config_bytes, "configuration text").rstrip("\0")
             return parse_stream_config(text, "the configuration sent by the client")
         self.broken = True
         raise WireError(f"expected a configuration (message 1 or 2) first, got message {message_name(mid)}")
 
-    def read_header(self, settings: ServerSettings):
+    def skip_texts(self) -> int:
+        """The next message id that is not a TEXT (MRD clients may send some; they are logged)."""
         mid = self.next_id()
+        while mid == MessageId.TEXT:
+            log.info("%s says: %s", self.peer, self.reader.read_string(self.reader.limits.text_bytes, "a text"))
+            mid = self.next_id()
+        return mid
+
+    def read_header(self, settings: ServerSettings):
+        mid = self.skip_texts()
         if mid != MessageId.HEADER:
             self.broken = True
             raise WireError(f"expected the ISMRMRD header (message 3) after the configuration, got {message_name(mid)}")
-        xml = self.reader.read_string(settings.limits.header_bytes, "the ISMRMRD header")
+        xml = self.reader.read_string(settings.limits.header_bytes, "the ISMRMRD header").rstrip("\0")
         try:
             return ismrmrd.xsd.CreateFromDocument(xml)
         except Exception as exc:  # xsdata raises several kinds for malformed XML
@@ -121,7 +131,7 @@ class ClientChannel:
         """The client's items until its CLOSE; bad messages raise InputError."""
         while True:
             try:
-                mid = self.next_id()
+                mid = self.skip_texts()
                 if mid == MessageId.CLOSE:
                     self.closed = True
                     return

@@ -9,7 +9,7 @@ Gadgetron 4 serializes it (Config.cpp, serialize_config: the element saved whole
 declaration; only the declaration when the node has none).
 
 Configuration names sent by clients (message 1) resolve only inside the configuration folder: a name
-with a path separator, `..`, or that is not a plain `*.xml` file there is refused.
+with a path separator or `..`, or that is not a plain `*.xml` file there (`.xml` may be omitted), is refused.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ READERS = {"AcquisitionReader": MessageId.ACQUISITION, "WaveformReader": Message
            "ImageReader": MessageId.IMAGE}
 WRITERS = {"ImageWriter": ismrmrd.Image, "AcquisitionWriter": ismrmrd.Acquisition,
            "WaveformWriter": ismrmrd.Waveform}
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*\.xml$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
 class StreamConfigError(ValueError):
@@ -161,12 +161,13 @@ def default_config_dir() -> Path:
 
 
 def resolve_config_name(name: str, folder: str | Path | None = None) -> Path:
-    """The file a client's configuration name (message 1) refers to, only ever inside `folder`."""
+    """The file a client's configuration name (message 1) refers to, only ever inside `folder`. The
+    `.xml` may be left out (MRD/FIRE clients name configurations without it)."""
     folder = Path(folder) if folder is not None else default_config_dir()
     if not _NAME.match(name) or ".." in name:
-        raise StreamConfigError(f"configuration name {name!r} refused: a plain file name ending in .xml is "
-                                f"required (no path, no '..')")
-    path = folder / name
+        raise StreamConfigError(f"configuration name {name!r} refused: a plain file name is required (letters, "
+                                f"digits, _ . -; no path, no '..')")
+    path = folder / (name if name.endswith(".xml") else f"{name}.xml")
     if not path.is_file() or path.resolve().parent != folder.resolve():
         available = sorted(p.name for p in folder.glob("*.xml")) if folder.is_dir() else []
         raise StreamConfigError(f"no configuration {name!r} in {folder} (available: {', '.join(available) or 'none'})")
