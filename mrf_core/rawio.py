@@ -463,7 +463,7 @@ class MrfRawFile:
         """All acquisitions in file order, as ismrmrd.Acquisition."""
         for start in range(0, self.n_acquisitions, _READ_BLOCK):
             for row in self._data[start:start + _READ_BLOCK]:
-                yield _to_acquisition(row)
+                yield acquisition_from_row(row)
 
     def readouts(self) -> Iterator[Readout]:
         """The imaging readouts, validated (noise and calibration scans are skipped)."""
@@ -478,14 +478,15 @@ class MrfRawFile:
         rows = np.flatnonzero(flags & np.uint64(1 << (ismrmrd.ACQ_IS_NOISE_MEASUREMENT - 1)))
         if rows.size == 0:
             return np.zeros((0, 0), dtype=np.complex64)
-        return np.concatenate([_to_acquisition(self._data[int(i)]).data for i in rows], axis=1)
+        return np.concatenate([acquisition_from_row(self._data[int(i)]).data for i in rows], axis=1)
 
     def truth(self) -> GroundTruth | None:
         """The ground truth of a simulated scan, or None for a real one."""
         return _read_truth(self._group[TRUTH_GROUP]) if TRUTH_GROUP in self._group else None
 
 
-def _to_acquisition(row) -> ismrmrd.Acquisition:
+def acquisition_from_row(row) -> ismrmrd.Acquisition:
+    """One row of an ISMRMRD file's `data` dataset (head, traj, data) as an ismrmrd.Acquisition."""
     acq = ismrmrd.Acquisition(row["head"].tobytes())
     acq.data[:] = row["data"].view(np.complex64).reshape(acq.active_channels, acq.number_of_samples)
     if acq.trajectory_dimensions:

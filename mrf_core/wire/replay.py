@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import ismrmrd
 
-from mrf_core.rawio import _to_acquisition as row_to_acquisition  # one row of the ismrmrd layout
+from mrf_core.rawio import acquisition_from_row
 from mrf_core.wire.chain import ChainError, ChainOptions, ChainReport, run_chain
 from mrf_core.wire.stream_config import StreamConfig
 
@@ -70,7 +70,7 @@ class RawSource:
         for start in range(0, self.n_acquisitions, _BLOCK):
             t0 = time.perf_counter()
             rows = self._data[start:start + _BLOCK]
-            block = [row_to_acquisition(row) for row in rows]
+            block = [acquisition_from_row(row) for row in rows]
             self.read_s += time.perf_counter() - t0
             yield from block
 
