@@ -116,6 +116,8 @@ def child_nufft(case: dict, slice_file: Path, dictionary_file: Path) -> dict:
     rng = np.random.default_rng(0)
     samples = (rng.standard_normal((batch, sampling.traj[..., 0].size)) + 0j).astype(np.complex64)
     out = {"name": case["backend"], "points": int(sampling.traj[..., 0].size), "transforms": batch}
+    warm = Nufft(sampling.traj[:1, :64], n, backend=case["backend"])  # sigpy compiles its numba kernels here
+    warm.forward(warm.adjoint(np.ones((2, 64), np.complex64)))
     started = time.perf_counter()
     op = Nufft(sampling.traj, n, backend=case["backend"])
     images = op.adjoint(samples)
@@ -130,10 +132,12 @@ def child_nufft(case: dict, slice_file: Path, dictionary_file: Path) -> dict:
     return out
 
 
-def run_child(kind: str, case: dict, slice_file: Path, dictionary_file: Path) -> dict:
+def run_child(kind: str, case: dict, slice_file: Path, dictionary_file: Path, blas_threads: int | None) -> dict:
     command = [sys.executable, __file__, "--child", kind, json.dumps(case), str(slice_file), str(dictionary_file)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if blas_threads is not None:
+        env["OPENBLAS_NUM_THREADS"] = str(blas_threads)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"case {case} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -159,7 +163,7 @@ def cases(args) -> list[dict]:
         {"name": "llr (default), no coil compression", "settings": {**common, "method": "llr",
                                                                     "n_virtual_coils": None}},
     ]
-    if args.cases:
+    if args.cases is not None:
         out = [c for i, c in enumerate(out) if i in args.cases]
     return out
 
@@ -171,8 +175,11 @@ def main() -> None:
     parser.add_argument("--coils", type=int, default=16)
     parser.add_argument("--virtual", type=int, default=8)
     parser.add_argument("--rank", type=int, default=5)
-    parser.add_argument("--cases", type=int, nargs="*", default=None, help="indices of the cases to run")
+    parser.add_argument("--cases", type=int, nargs="*", default=None,
+                        help="indices of the cases to run (none given: only the NUFFT table)")
     parser.add_argument("--no-nufft", action="store_true", help="skip the finufft vs sigpy table")
+    parser.add_argument("--blas-threads", type=int, default=None,
+                        help="OPENBLAS_NUM_THREADS of the case processes (default: unset, OpenBLAS's own choice)")
     parser.add_argument("--out", default=str(ROOT / "out" / "bench"))
     parser.add_argument("--child", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -183,10 +190,11 @@ def main() -> None:
         return
     slice_file, dictionary_file = prepare(args)
     print(f"\nslice {args.matrix}x{args.matrix}, {args.timepoints} TRs, {args.coils} coils -> {args.virtual} virtual, "
-          f"rank {args.rank}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at start\n")
+          f"rank {args.rank}; {os.cpu_count()} CPUs; OPENBLAS_NUM_THREADS {args.blas_threads or 'unset'}; "
+          f"load average {os.getloadavg()[0]:.1f} at start\n")
     rows = []
     for case in cases(args):
-        r = run_child("recon", case, slice_file, dictionary_file)
+        r = run_child("recon", case, slice_file, dictionary_file, args.blas_threads)
         rows.append(r)
         print(f"  {r['name']}: {r['wall_s']:.1f} s", flush=True)
     print("\n| method | rank | total s | " + " | ".join(STAGES) + " | data MiB | peak MiB | T1 NRMSE | T2 NRMSE |")
@@ -200,7 +208,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         for backend in ("finufft", "sigpy"):
             r = run_child("nufft", {"backend": backend, "rank": args.rank, "virtual": args.virtual},
-                          slice_file, dictionary_file)
+                          slice_file, dictionary_file, args.blas_threads)
             print(f"| {r['name']} | {r['points']} | {r['transforms']} | {r['adjoint_s']:.2f} | {r['forward_s']:.2f} | "
                   f"{r['psf_s']:.2f} | {r['peak_mib']:.0f} |", flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
