@@ -26,7 +26,7 @@ def test_reconstruct_writes_maps_and_coefficients(sim_small_scan, tmp_path, caps
     out = tmp_path / "maps.h5"
     cache = tmp_path / "psf"
     argv = ["reconstruct", str(raw), "-o", str(out), "--dictionary", "percent:20", "--psf-cache", str(cache),
-            "--group", "run1"]
+            "--dictionary-cache", str(tmp_path / "dictionaries"), "--group", "run1"]
     assert main(argv) == 0
     assert "wrote" in capsys.readouterr().out
     maps = read_map_file(out)
@@ -47,21 +47,25 @@ def test_reconstruct_writes_maps_and_coefficients(sim_small_scan, tmp_path, caps
     # both slices have the same trajectory and basis: slice 1 reads the PSF kernels slice 0 cached
     assert len(list(cache.glob("psf_*.npy"))) == 1
     assert "PSF kernels read from the cache" in caplog.text
+    assert len(list((tmp_path / "dictionaries").glob("percent20_*.h5"))) == 1
+    assert main(argv[:-2] + ["--group", "run2", "--method", "cg"]) == 0
+    assert "dictionary percent:20 read from the cache" in caplog.text
 
 
 def test_reconstruct_errors(sim_small_scan, tmp_path, capsys, monkeypatch):
     _, _, raw = sim_small_scan
     out = str(tmp_path / "maps.h5")
-    assert main(["reconstruct", str(raw), "-o", out, "--dictionary", "percent:20", "--rank", "12"]) == 2
+    no_cache = ["--dictionary-cache", "", "--psf-cache", ""]
+    assert main(["reconstruct", str(raw), "-o", out, "--dictionary", "percent:20", "--rank", "12", *no_cache]) == 2
     assert "exceeds" in capsys.readouterr().err
-    assert main(["reconstruct", str(raw), "-o", out, "--dictionary", "nope"]) == 2
+    assert main(["reconstruct", str(raw), "-o", out, "--dictionary", "nope", *no_cache]) == 2
     assert "neither a file nor a grid" in capsys.readouterr().err
     assert main(["reconstruct", str(raw), "-o", out, "--mapper", "network", "--model", str(tmp_path / "x.pt")]) == 2
     capsys.readouterr()
     monkeypatch.setitem(sys.modules, "mrf_core.mapping.model", None)
     assert main(["reconstruct", str(raw), "-o", out, "--mapper", "network"]) == 2
     assert "network mapper not available" in capsys.readouterr().err
-    assert main(["reconstruct", str(raw), "-o", str(tmp_path / "missing" / "maps.h5")]) == 2
+    assert main(["reconstruct", str(raw), "-o", str(tmp_path / "missing" / "maps.h5"), *no_cache]) == 2
     assert not (tmp_path / "maps.h5").exists()
 
 
@@ -70,5 +74,5 @@ def test_other_methods_run(sim_small_scan, tmp_path, method):
     _, _, raw = sim_small_scan
     out = tmp_path / "maps.h5"
     assert main(["reconstruct", str(raw), "-o", str(out), "--dictionary", "percent:20", "--method", method,
-                 "--psf-cache", ""]) == 0
+                 "--psf-cache", "", "--dictionary-cache", ""]) == 0
     assert read_map_file(out).maps["t2_ms"].shape == (2, 32, 32)
