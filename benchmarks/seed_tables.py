@@ -152,7 +152,7 @@ def table_a(args, cache: Path) -> None:
         paper = PAPER_A.get(name, ("-",) * 5)
         trained = "-" if training is None else (f"{training['n_train'] // 1000}k x {training['epochs_run']} ep, "
                                                  f"{training['seconds'] / 60:.1f} min")
-        print(f"| {name} | {rmse(e1):.3f} | {rmse(e2):.3f} | {r2(e1, params[:, 0]):.6f} | {r2(e2, params[:, 1]):.6f} "
+        print(f"| {name} | {rmse(e1):.3f} | {rmse(e2):.3f} | {r2(e1, params[:, 0]):.8f} | {r2(e2, params[:, 1]):.8f} "
               f"| {seconds * scale:.1f} s | {trained} | {paper[0]} / {paper[1]}, {paper[2]} / {paper[3]}, {paper[4]} |")
 
 

@@ -64,11 +64,22 @@ class FingerprintTable:
     def lookup(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Interpolated coefficients (N, K) and norms (N,) at params (N, P): T1, T2 in ms (and B1),
         clamped to the table's range (its nodes without the padding node at each end)."""
+        coefficients, norms, _ = self._interpolate(params, gradient=False)
+        return coefficients, norms
+
+    def lookup_gradient(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interpolated coefficients (N, K) and their derivatives (N, K, P) with respect to the table
+        coordinates (log T1, log T2 (, B1)), from the same gather (zero where params are clamped)."""
+        coefficients, _, gradient = self._interpolate(params, gradient=True)
+        return coefficients, gradient
+
+    def _interpolate(self, params: torch.Tensor, gradient: bool):
         n_axes = len(self.shape)
         g = params[:, :n_axes].to(torch.float32).clone()
         g[:, :2] = torch.log(g[:, :2].clamp_min(1e-30))
         pos = (g - self.lo) / self.step
         last = torch.tensor(self.shape, dtype=torch.float32) - 2  # the last node inside the range
+        inside = (pos >= 1.0) & (pos <= last)
         pos = torch.minimum(pos.clamp_min(1.0), last)
         base = torch.minimum(pos.floor(), last - 1)  # nodes base-1 .. base+2 all exist (padding)
         axis_weights = _catmull_rom(pos - base)  # (N, P, 4)
@@ -79,9 +90,20 @@ class FingerprintTable:
             offsets = (offsets[:, None] + strides[p] * torch.arange(4)[None, :]).reshape(-1)
             weights = (weights[:, :, None] * axis_weights[:, p, None, :]).reshape(params.shape[0], -1)
         flat = start[:, None] + offsets[None, :]  # (N, 4^P)
-        coefficients = torch.bmm(weights[:, None, :], self.coefficients[flat]).squeeze(1)
+        nodes = self.coefficients[flat]  # (N, 4^P, K)
+        coefficients = torch.bmm(weights[:, None, :], nodes).squeeze(1)
         norms = (weights * self.norms[flat]).sum(dim=1)
-        return coefficients, norms
+        if not gradient:
+            return coefficients, norms, None
+        slopes = _catmull_rom_slope(pos - base) / self.step[None, :, None]  # d weight / d coordinate
+        columns = []
+        for q in range(n_axes):  # the tensor product with axis q's weights replaced by their slopes
+            w = torch.ones(params.shape[0], 1)
+            for p in range(n_axes):
+                factor = slopes[:, p] if p == q else axis_weights[:, p]
+                w = (w[:, :, None] * factor[:, None, :]).reshape(params.shape[0], -1)
+            columns.append(torch.bmm(w[:, None, :], nodes).squeeze(1) * inside[:, q, None])
+        return coefficients, norms, torch.stack(columns, dim=2)
 
 
 def _padded_axis(lo: float, hi: float, n_nodes: int) -> np.ndarray:
@@ -90,6 +112,13 @@ def _padded_axis(lo: float, hi: float, n_nodes: int) -> np.ndarray:
         raise ValueError(f"a table axis needs >= 2 nodes, got {n_nodes}")
     step = (hi - lo) / (n_nodes - 1)
     return lo + step * np.arange(-1, n_nodes + 1)
+
+
+def _catmull_rom_slope(t: torch.Tensor) -> torch.Tensor:
+    """d/dt of the _catmull_rom weights."""
+    t2 = t * t
+    return torch.stack([(-3 * t2 + 4 * t - 1) / 2, (9 * t2 - 10 * t) / 2, (-9 * t2 + 8 * t + 1) / 2,
+                        (3 * t2 - 2 * t) / 2], dim=-1)
 
 
 def _catmull_rom(t: torch.Tensor) -> torch.Tensor:
