@@ -33,6 +33,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_epg.py
 	$(PY) benchmarks/bench_matching.py
 	$(PY) benchmarks/bench_simulate.py
+	$(PY) benchmarks/bench_recon.py --blas-threads 1
+	$(PY) benchmarks/bench_mapping.py
+	$(PY) benchmarks/bench_replay.py
+	$(PY) benchmarks/bench_qa.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -41,14 +41,17 @@ log = logging.getLogger(__name__)
 
 NAME = "reconstruct"
 COEFFICIENT_SERIES = 1
+_DEFAULTS = ReconSettings()
 RECON_PROPERTIES = (
-    Property("method", "cg", choice(*METHODS), "reconstruction: " + ", ".join(METHODS) + " (mrf_core.recon)"),
+    Property("method", _DEFAULTS.method, choice(*METHODS),
+             "reconstruction: " + ", ".join(METHODS) + " (mrf_core.recon; default measured there)"),
     Property("rank", "5", integer(0, 64), "subspace rank of a dictionary basis (0: the whole basis)"),
     Property("virtual_coils", "8", integer(0, 256), "coil compression to this many virtual coils (0: none)"),
     Property("coil_method", "lowres", choice(*COIL_METHODS), "coil sensitivity estimation"),
     Property("nufft_backend", "finufft", choice(*BACKENDS), "NUFFT implementation"),
-    Property("iterations", "15", integer(1, 1000), "iterations of cg / llr"),
-    Property("llr_lambda", "0", number(0.0), "locally low-rank regularisation (method llr; relative)"),
+    Property("iterations", "0", integer(0, 1000), "iterations of cg / llr (0: the method's measured default)"),
+    Property("llr_lambda", str(_DEFAULTS.llr_lambda), number(0.0),
+             "locally low-rank regularisation (method llr; relative)"),
     Property("device", "cpu", choice("cpu", "cuda"), "device of the reconstruction"),
     Property("psf_cache_dir", "", optional_path, "folder caching Toeplitz PSF kernels (empty: no cache)"),
     Property("mask_fraction", "0.1", number(0.0, 0.99),
@@ -84,7 +87,8 @@ def recon_settings(settings, basis_source: str) -> ReconSettings:
     rank = settings.rank if basis_source == "dictionary" and settings.rank > 0 else None
     return ReconSettings(
         method=settings.method, rank=rank, n_virtual_coils=settings.virtual_coils or None,
-        coil_method=settings.coil_method, nufft_backend=settings.nufft_backend, n_iterations=settings.iterations,
+        coil_method=settings.coil_method, nufft_backend=settings.nufft_backend,
+        n_iterations=settings.iterations or None,
         llr_lambda=settings.llr_lambda, device=settings.device,
         n_threads=settings.threads or DEFAULT_THREADS,
         psf_cache_dir=str(settings.psf_cache_dir) if settings.psf_cache_dir is not None else None,
