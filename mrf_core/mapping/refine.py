@@ -44,6 +44,13 @@ def _unit_jacobian(table: FingerprintTable, theta: torch.Tensor) -> torch.Tensor
     return (df - g[:, :, None] * (g[:, None, :] @ df)) / norm[:, :, None]
 
 
+def _feasible(theta: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Inside the table's range and T2 <= T1 (as the training and the dictionaries are): at T1 of a few ms
+    the fingerprint hardly depends on T2, and the unconstrained optimum wandered to T2 of 100 x T1."""
+    theta = torch.maximum(torch.minimum(theta, hi), lo)
+    return torch.cat([theta[:, :1], torch.minimum(theta[:, 1:2], theta[:, :1]), theta[:, 2:]], dim=1)
+
+
 def refine(table: FingerprintTable, params: torch.Tensor, x: torch.Tensor,
            iterations: int = DEFAULT_ITERATIONS) -> torch.Tensor:
     """Parameters (N, P) in their units, refined for complex coefficients x (N, K) in the table's basis."""
@@ -52,6 +59,7 @@ def refine(table: FingerprintTable, params: torch.Tensor, x: torch.Tensor,
     theta[:, :2] = torch.log(theta[:, :2].clamp_min(1e-30))
     lo = table.lo + table.step  # the range proper, inside the padding nodes
     hi = table.lo + table.step * (torch.tensor(table.shape, dtype=torch.float32) - 2)
+    theta = _feasible(theta, lo, hi)
     angle = 0.5 * torch.angle((x * x).sum(dim=1, keepdim=True))
     y = (x * torch.exp(-1j * angle)).real
     g = _unit(table, theta)
@@ -65,7 +73,7 @@ def refine(table: FingerprintTable, params: torch.Tensor, x: torch.Tensor,
         scale = jtj.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
         system = jtj + (damping * scale)[:, None, None] * torch.eye(n_axes)
         step = torch.linalg.solve(system, (jacobian.transpose(1, 2) @ (y - g)[:, :, None]))[:, :, 0]
-        trial = torch.maximum(torch.minimum(theta + step, hi), lo)
+        trial = _feasible(theta + step, lo, hi)
         g_trial = _unit(table, trial)
         fit_trial = (y * g_trial).sum(dim=1)
         better = fit_trial > fit
