@@ -94,3 +94,12 @@ def test_refinement_reaches_the_best_fit(small_model):
         refined_error = np.median(np.abs(getattr(refined, name) / params[:, column] - 1))
         assert refined_error < 1e-3 < raw_error, (name, raw_error, refined_error)  # noiseless: exact up to the table
     assert np.median(np.abs(refined.pd / pd - 1)) < 1e-3
+
+
+def test_refinement_stays_physical_on_pure_noise(small_model):
+    rng = np.random.default_rng(21)
+    noise = (rng.normal(size=(400, 8)) + 1j * rng.normal(size=(400, 8))).astype(np.complex64)
+    result = small_model.map_coefficients(noise, small_model.basis)
+    assert np.isfinite(result.t1_ms).all() and (result.t2_ms <= result.t1_ms * (1 + 1e-5)).all()
+    assert result.t1_ms.min() >= 100 * (1 - 1e-5) and result.t1_ms.max() <= 3000 * (1 + 1e-5)
+    assert (result.score < 0.9).mean() > 0.5  # noise does not look like a fingerprint
