@@ -1,7 +1,8 @@
 """A loaded mapping model: checks against a scan, and maps coefficients or time courses to T1/T2/PD.
 
 Output is a mrf_core.matching.MatchResult, so the gadgets treat a network and dictionary matching alike:
-t1_ms, t2_ms (clamped to the trained ranges), b1 (NaN unless the model predicts it), pd (complex: the
+t1_ms, t2_ms (the network's estimate refined on the fingerprint table, mrf_core.mapping.refine; clamped to
+the trained ranges), b1 (NaN unless the model predicts it), pd (complex: the
 projection of the signal on the interpolated fingerprint of the predicted parameters, f^T x / |f|^2, in
 the model's real frame), score (|f^T x| / (|f| |x|), the match quality) and atom_index (-1: no atom).
 For coefficient input |f| and |x| are subspace norms (as subspace matching uses); for time courses they
