@@ -70,11 +70,12 @@ def test_unwritable_output_leaves_nothing(tmp_path, capsys):
 
 
 def test_demo_reconstructs_through_the_default_chain(tmp_path, capsys, gadget_cache):  # noqa: F811
-    """The demo, small (64^2, 200 TRs, 2 coils) and with a 10 % dictionary grid to stay quick: simulated
-    scan, replay through the default configuration, maps file, figure, accuracy line and its JSON."""
+    """The demo, small (64^2, 400 TRs, 2 coils; 200 TRs left short-T1 spheres 25-100 % off) and with a 10 %
+    dictionary grid to stay quick: simulated scan, replay through the default configuration, maps file,
+    figure, accuracy line and its JSON."""
     config = tmp_path / "demo_config.xml"
     config.write_text(default_config_text(grid_step_pct="10"))
-    argv = ["demo", "--out", str(tmp_path), "--matrix", "64", "--timepoints", "200", "--coils", "2", "--config",
+    argv = ["demo", "--out", str(tmp_path), "--matrix", "64", "--timepoints", "400", "--coils", "2", "--config",
             str(config)]
     assert main(argv) == 0
     out = capsys.readouterr().out
