@@ -53,7 +53,8 @@ class MatchResult:
 
     @property
     def matched(self) -> np.ndarray:
-        return self.atom_index >= 0
+        """Voxels that got parameters (by matching or by a network, whose atom_index is -1)."""
+        return np.isfinite(self.t1_ms)
 
 
 class _Atoms:
