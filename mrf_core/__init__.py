@@ -1,3 +1,12 @@
 """mrf_core: the MRF reconstruction library (no Gadgetron imports; usable from a notebook)."""
 
 __version__ = "0.1.0"
+
+
+def cache_dir(kind: str):
+    """$XDG_CACHE_HOME (else ~/.cache)/mrf-gadgetron/<kind>: where built dictionaries and PSF kernels are kept
+    across processes (gadget processes start afresh for every scan)."""
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mrf-gadgetron" / kind

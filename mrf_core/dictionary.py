@@ -9,7 +9,9 @@ Fingerprints are stored real (float32): signal = signal_phase * fingerprint (see
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +20,7 @@ import h5py
 import numpy as np
 import torch
 
+import mrf_core
 from mrf_core.atomic_io import atomic_path
 from mrf_core.epg import DEFAULT_CHUNK_ATOMS, DEFAULT_N_STATES, signal_phase, simulate_fingerprints
 from mrf_core.sequence import FispSchedule, ScheduleError
@@ -25,6 +28,9 @@ from mrf_core.temporal_basis import BasisError, TemporalBasis, basis_from_finger
 
 FILE_FORMAT = "mrf-dictionary"
 FILE_VERSION = 1
+
+
+log = logging.getLogger(__name__)
 
 
 class DictionaryError(ValueError):
@@ -272,6 +278,51 @@ class Dictionary:
             compressed=f["compressed"][()], fingerprints=fps, n_states=int(f.attrs["n_states"]),
             build_seconds=float(f.attrs["build_seconds"]),
         )
+
+
+def cache_key(schedule: FispSchedule, grid: DictionaryGrid, n_states: int, rank: int) -> str:
+    """Schedule hash + a digest of the grid axes, EPG states, rank and the package version."""
+    h = hashlib.sha256()
+    for axis in (grid.t1_axis_ms, grid.t2_axis_ms, grid.b1_axis):
+        h.update(np.asarray(axis, dtype=np.float64).round(6).tobytes())
+    h.update(f"{grid.t2_rule},{n_states},{rank},{mrf_core.__version__}".encode())
+    return f"{schedule.hash}_{grid.name}_{h.hexdigest()[:12]}"
+
+
+def cached_dictionary(
+    schedule: FispSchedule,
+    grid: DictionaryGrid,
+    n_states: int = DEFAULT_N_STATES,
+    rank: int = 10,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> Dictionary:
+    """The compressed-only dictionary of `grid` for `schedule`: read from `cache_dir` (file
+    `dict_<cache_key>.h5`) when it holds it, else built and, with a cache_dir, saved there (atomically, so
+    processes building the same key at once cannot corrupt each other). An unusable cached file is rebuilt;
+    a cache folder that cannot be written is logged, not an error."""
+    start = time.perf_counter()
+    cached = Path(cache_dir) / f"dict_{cache_key(schedule, grid, n_states, rank)}.h5" if cache_dir else None
+    if cached is not None and cached.is_file():
+        try:
+            dictionary = Dictionary.load(cached, schedule=schedule, fingerprints=False)
+            log.info("dictionary from cache %s in %.2f s (%d atoms)", cached, time.perf_counter() - start,
+                     dictionary.n_atoms)
+            return dictionary
+        except DictionaryError as exc:
+            log.warning("cached dictionary %s is unusable (%s); building it again", cached, exc)
+    dictionary = build_dictionary(schedule, grid, n_states=n_states, rank=rank, keep_fingerprints=False,
+                                  progress=progress)
+    log.info("dictionary built in %.2f s: grid %s, %d atoms, %d TRs, basis rank %d", time.perf_counter() - start,
+             grid.name, dictionary.n_atoms, schedule.n_timepoints, dictionary.basis.rank)
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            dictionary.save(cached)
+            log.info("dictionary cached as %s", cached)
+        except OSError as exc:
+            log.warning("could not cache the dictionary in %s: %s", cached.parent, exc)
+    return dictionary
 
 
 def build_dictionary(

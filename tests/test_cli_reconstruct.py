@@ -10,6 +10,7 @@ import pytest
 
 from mrf_core.cli import main
 from mrf_core.cli.reconstruct import COEFFICIENT_SERIES, COIL_METHOD_CHOICES, METHOD_CHOICES
+from mrf_core.dictionary import cache_key, percent_grid
 from mrf_core.map_images import image_meta, read_map_file
 
 
@@ -47,9 +48,10 @@ def test_reconstruct_writes_maps_and_coefficients(sim_small_scan, tmp_path, caps
     # both slices have the same trajectory and basis: slice 1 reads the PSF kernels slice 0 cached
     assert len(list(cache.glob("psf_*.npy"))) == 1
     assert "PSF kernels read from the cache" in caplog.text
-    assert len(list((tmp_path / "dictionaries").glob("percent20_*.h5"))) == 1
+    (cached,) = (tmp_path / "dictionaries").glob("dict_*.h5")
+    assert cached.name == f"dict_{cache_key(scan.schedule, percent_grid(20.0), 50, 10)}.h5"
     assert main(argv[:-2] + ["--group", "run2", "--method", "cg"]) == 0
-    assert "dictionary percent:20 read from the cache" in caplog.text
+    assert f"dictionary from cache {cached}" in caplog.text
 
 
 def test_reconstruct_errors(sim_small_scan, tmp_path, capsys, monkeypatch):

@@ -9,6 +9,8 @@ from mrf_core.dictionary import (
     DictionaryError,
     DictionaryGrid,
     build_dictionary,
+    cache_key,
+    cached_dictionary,
     oksuz_grid,
     percent_grid,
     song_grid,
@@ -144,3 +146,19 @@ def test_dictionary_in_another_basis_of_its_subspace(small):
         small.in_basis(flipped)
     with pytest.raises(BasisError, match="another signal phase"):
         small.in_basis(TemporalBasis(truncated.vectors, truncated.singular_values, 1j * truncated.signal_phase, "x"))
+
+
+def test_cached_dictionary_reuses_and_rebuilds_an_unusable_file(schedule, tmp_path, caplog):
+    grid = percent_grid(40.0)
+    built = cached_dictionary(schedule, grid, rank=4, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("dict_*.h5")
+    assert path.name == f"dict_{cache_key(schedule, grid, 50, 4)}.h5" and built.fingerprints is None
+    assert cache_key(schedule, grid, 20, 4) != cache_key(schedule, grid, 50, 4)
+    caplog.set_level("INFO")
+    again = cached_dictionary(schedule, grid, rank=4, cache_dir=tmp_path)
+    assert "from cache" in caplog.text
+    np.testing.assert_array_equal(again.compressed, built.compressed)
+    path.write_bytes(b"truncated")
+    rebuilt = cached_dictionary(schedule, grid, rank=4, cache_dir=tmp_path)
+    assert "unusable" in caplog.text and rebuilt.basis.hash == built.basis.hash
+    assert Dictionary.load(path, schedule=schedule, fingerprints=False).n_atoms == built.n_atoms

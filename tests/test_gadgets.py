@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gadgets import compat
-from gadgets.dictionary_source import DICTIONARY_PROPERTIES, cache_key, dictionary_for
+from gadgets.dictionary_source import DICTIONARY_PROPERTIES, dictionary_for
 from gadgets.emit import PROPERTIES as EMIT_PROPERTIES
 from gadgets.emit import emit
 from gadgets.in_process import InProcessConnection, configuration, run_chain
@@ -31,6 +31,7 @@ from gadgets.stage_images import (
     role_of,
     warnings_of,
 )
+from mrf_core.dictionary import cache_key
 from mrf_core.epg import simulate_fingerprints
 from mrf_core.map_images import ImageGeometry, coefficient_image, image_meta
 from mrf_core.maps import QuantitativeMaps

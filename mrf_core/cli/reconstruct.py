@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+import mrf_core
 from mrf_core.cli import CliError
 
 log = logging.getLogger("mrf.reconstruct")
@@ -30,7 +31,6 @@ log = logging.getLogger("mrf.reconstruct")
 COEFFICIENT_SERIES = 10
 DEFAULT_DICTIONARY = "percent:5"
 _DICTIONARY_RANK = 10  # the basis the grids are built with; --rank truncates it
-_CACHE = Path.home() / ".cache" / "mrf-gadgetron"
 
 
 # Kept literal so that `mrf --help` does not import the reconstruction (torch, numba); a test checks them
@@ -67,11 +67,11 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, metavar="FILE", help="network model archive (default: the packaged one)")
     p.add_argument("--dictionary", default=DEFAULT_DICTIONARY, metavar="FILE|GRID",
                    help="dictionary file, or grid percent[:STEP], song, oksuz built for the scan's schedule")
-    p.add_argument("--dictionary-cache", default=str(_CACHE / "dictionaries"), metavar="DIR",
+    p.add_argument("--dictionary-cache", default=str(mrf_core.cache_dir("dictionaries")), metavar="DIR",
                    help="folder keeping dictionaries built from a grid, by grid and schedule ('' to disable)")
     p.add_argument("--mask-fraction", type=float, default=0.1,
                    help="map voxels whose time-average magnitude exceeds this fraction of its 99th percentile")
-    p.add_argument("--psf-cache", default=str(_CACHE / "psf"), metavar="DIR",
+    p.add_argument("--psf-cache", default=str(mrf_core.cache_dir("psf")), metavar="DIR",
                    help="folder caching Toeplitz PSF kernels ('' to disable)")
     p.add_argument("--max-missing", type=float, default=0.0, metavar="FRACTION",
                    help="reconstruct slices missing up to this fraction of time points (default: error)")
@@ -84,32 +84,14 @@ def register(sub) -> None:
 # ---- helpers shared with the benchmark --------------------------------------------------------------
 def dictionary_for(spec: str, schedule, progress: bool = False, cache_dir: str | Path | None = None):
     """A dictionary for `schedule`: a file (checked against it), or a grid built now (or read from
-    `cache_dir`, where built grids are kept by grid and schedule hash)."""
-    from mrf_core.dictionary import Dictionary, DictionaryError, build_dictionary, oksuz_grid, percent_grid, song_grid
+    `cache_dir`: mrf_core.dictionary.cached_dictionary)."""
+    from mrf_core.dictionary import Dictionary, cached_dictionary, oksuz_grid, percent_grid, song_grid
 
     name, _, arg = spec.partition(":")
     grids = {"percent": lambda: percent_grid(float(arg) if arg else 5.0), "song": song_grid, "oksuz": oksuz_grid}
     if name in grids and not Path(spec).exists():
-        cached = Path(cache_dir) / f"{name}{arg}_{schedule.hash}_rank{_DICTIONARY_RANK}.h5" if cache_dir else None
-        if cached is not None and cached.is_file():
-            try:
-                d = Dictionary.load(cached, schedule=schedule, fingerprints=False)
-                log.info("dictionary %s read from the cache %s", spec, cached)
-                return d
-            except DictionaryError as exc:
-                log.warning("cached dictionary %s is unusable (%s): rebuilding", cached, exc)
-        started = time.perf_counter()
-        d = build_dictionary(schedule, grids[name](), rank=_DICTIONARY_RANK, keep_fingerprints=False,
-                             progress=progress)
-        log.info("dictionary %s: %d atoms, rank %d, built in %.1f s", spec, d.n_atoms, d.basis.rank,
-                 time.perf_counter() - started)
-        if cached is not None:
-            try:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                d.save(cached)
-            except OSError as exc:
-                log.warning("cannot cache the dictionary in %s: %s", cached, exc)
-        return d
+        return cached_dictionary(schedule, grids[name](), rank=_DICTIONARY_RANK, cache_dir=cache_dir,
+                                 progress=progress)
     if not Path(spec).is_file():
         raise CliError(f"--dictionary {spec!r} is neither a file nor a grid (percent[:STEP], song, oksuz)")
     return Dictionary.load(spec, schedule=schedule, fingerprints=False)
