@@ -18,9 +18,9 @@ import logging
 import numpy as np
 
 from gadgets.dictionary_source import DICTIONARY_PROPERTIES, dictionary_for
-from gadgets.map_stage import ScanContext, mapped, object_voxels
-from gadgets.properties import Property, choice, read_properties
-from gadgets.runtime import THREADS_PROPERTY, run_gadget, set_threads, timed
+from gadgets.map_stage import ScanContext, object_voxels, run_mapping_gadget
+from gadgets.properties import Property, choice
+from gadgets.runtime import THREADS_PROPERTY, timed
 from gadgets.stage_images import StageImageError, geometry_of, maps_bundle, read_coefficients, warnings_of
 from mrf_core.dictionary import Dictionary
 from mrf_core.maps import QuantitativeMaps
@@ -74,11 +74,4 @@ class DictionaryMapper:
 
 def map_dictionary(connection) -> None:
     """Gadgetron target: coefficient images in, maps bundles out (everything else passed on)."""
-
-    def body() -> None:
-        settings = read_properties(connection.config, PROPERTIES, NAME)
-        set_threads(settings.threads)
-        for item in mapped(connection, ScanContext(connection.header), DictionaryMapper(settings)):
-            connection.send(item)
-
-    run_gadget(NAME, connection, body)
+    run_mapping_gadget(connection, NAME, PROPERTIES, DictionaryMapper)

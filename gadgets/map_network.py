@@ -15,10 +15,9 @@ import logging
 
 import numpy as np
 
-from gadgets.map_stage import ScanContext, mapped, object_voxels
+from gadgets.map_stage import ScanContext, object_voxels, run_mapping_gadget
 from gadgets.model_source import MODEL_PROPERTIES, load_network
-from gadgets.properties import read_properties
-from gadgets.runtime import THREADS_PROPERTY, one_line, run_gadget, set_threads, timed
+from gadgets.runtime import THREADS_PROPERTY, one_line, timed
 from gadgets.stage_images import add_warning, geometry_of, maps_bundle, read_coefficients, warnings_of
 from mrf_core.maps import QuantitativeMaps
 
@@ -88,11 +87,4 @@ class NetworkMapper:
 
 def map_network(connection) -> None:
     """Gadgetron target: coefficient images in, maps bundles (or unmapped coefficient images) out."""
-
-    def body() -> None:
-        settings = read_properties(connection.config, PROPERTIES, NAME)
-        set_threads(settings.threads)
-        for item in mapped(connection, ScanContext(connection.header), NetworkMapper(settings)):
-            connection.send(item)
-
-    run_gadget(NAME, connection, body)
+    run_mapping_gadget(connection, NAME, PROPERTIES, NetworkMapper)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
+from gadgets.properties import read_properties
+from gadgets.runtime import run_gadget, set_threads
 from gadgets.stage_images import BASIS_ROLE, StageImageError, read_basis_image, role_of
 from mrf_core.map_images import COEFFICIENT_ROLE
 from mrf_core.sequence import FispSchedule, ScheduleError
@@ -70,3 +72,16 @@ def mapped(items: Iterable, context: ScanContext, mapper: Callable) -> Iterator:
         elif role == COEFFICIENT_ROLE:
             item = mapper(item, context)
         yield item
+
+
+def run_mapping_gadget(connection, name: str, properties, make_mapper: Callable) -> None:
+    """A mapping gadget: read its properties, cap its threads, and send the stream mapped by
+    make_mapper(settings), under run_gadget's logging and ERROR reporting."""
+
+    def body() -> None:
+        settings = read_properties(connection.config, properties, name)
+        set_threads(settings.threads)
+        for item in mapped(connection, ScanContext(connection.header), make_mapper(settings)):
+            connection.send(item)
+
+    run_gadget(name, connection, body)
