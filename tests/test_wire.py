@@ -46,7 +46,7 @@ HEADER_XML = """<?xml version="1.0"?>
 # A throwaway gadget: turns each acquisition into an image of |data| * scale; its `mode` property makes it
 # misbehave in the ways the wire layer must survive.
 TEST_GADGET = '''
-import logging, socket, struct, time
+import logging, os, socket, struct, time
 import ismrmrd
 import numpy as np
 
@@ -70,6 +70,13 @@ def images(connection):
             text = "wire test gadget refuses acquisition %d" % item.scan_counter
             connection.socket.write(struct.pack("<HQ", 8, len(text)) + text.encode())
             raise RuntimeError(text)
+        if mode == "reset":  # the socket resets before the process exits with its reason
+            raw = connection.socket.socket
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            os.dup2(os.open(os.devnull, os.O_RDWR), raw.fileno())  # closes the socket (RST), keeps the fd valid
+            time.sleep(0.3)
+            logging.critical("wire test gadget reset its socket at acquisition %d", item.scan_counter)
+            os._exit(1)
         if not np.all(np.isfinite(item.data)):
             raise ValueError("acquisition %d has non-finite samples" % item.scan_counter)
         image = ismrmrd.Image.from_array((np.abs(item.data) * scale).astype(np.float32)[None], transpose=False)
@@ -288,6 +295,8 @@ def spawned_pids():
     ([("images", {"mode": "error"}), ("passthrough", None)], acquisitions(2),
      "wire_test_gadget refuses acquisition 0|wire test gadget refuses acquisition 0"),
     ([("images", {"mode": "text"})], acquisitions(2), "illegal message id from an external peer: 5"),
+    ([("images", {"mode": "reset"}), ("passthrough", None)], acquisitions(4),
+     r"wire_test_gadget.images: failed \(exit code 1\): .*reset its socket at acquisition 0"),
     ([("passthrough", None), ("no_such_target", None)], acquisitions(2), "no_such_target"),
 ])
 def test_a_failing_stage_reports_its_own_words_and_leaves_no_process(test_gadget, stages, items, message):

@@ -158,6 +158,8 @@ class _Run:
                              type(item).__name__, stage.label)
         except Exception as exc:  # noqa: BLE001 (whatever stops a hop stops the chain, with its reason)
             known = isinstance(exc, WireError | StageError | OSError)
+            if isinstance(exc, WireError | OSError) and not self.failed.is_set():
+                stage.wait(self.options.grace_s)  # a reset socket is usually a stage exiting with its reason
             self.fail(exc if known else ChainError(f"relaying {stage.label}'s output: {exc!r}"))
 
     def reason(self) -> str | None:
