@@ -6,7 +6,7 @@ Voxels: off-grid tissues (log-uniform T1 20-3500 ms, T2/T1 0.02-0.7, T2 in 2-480
 bench_matching.py, T2 kept inside both the model's and the grid's range) on the 1000-TR Jiang schedule,
 a random complex PD and complex Gaussian noise at each SNR per time point (mean |signal| / sigma).
 Dictionary: the Oksuz et al. grid (114,400 atoms, 50 states)
-compressed to its own rank-5 SVD basis (the rank the default network sees), matched exhaustively and with
+compressed to its own SVD basis at the default network's rank (10), matched exhaustively and with
 the exact pruned search; the time-domain exhaustive search is timed on --time-voxels and scaled. The
 network time (median of 3 runs) includes the table refinement, PD and match quality. Also measured: the table's
 interpolation error against exact EPG at random parameters of the model's range.
@@ -79,13 +79,14 @@ def main() -> None:
     schedule = default_schedule()
     model.check(schedule)
     full = cached_dictionary(args.cache / "oksuz_dictionary.h5", schedule, oksuz_grid(), rank=10)
-    d = dataclasses.replace(full, basis=full.basis.truncated(5), compressed=full.compressed[:, :5])
+    rank = model.basis.rank
+    d = dataclasses.replace(full, basis=full.basis.truncated(rank), compressed=full.compressed[:, :rank])
     rng = np.random.default_rng(2026)
     t1, t2 = tissues(args.voxels, rng)
     start = time.perf_counter()
     fps = simulate_fingerprints(schedule, t1, t2, n_states=50).numpy()
     print(f"{args.voxels} voxels simulated in {time.perf_counter() - start:.0f} s; dictionary {d.n_atoms} atoms, "
-          "rank 5")
+          f"rank {rank}")
     print(f"\n| SNR | method | s for {args.voxels} voxels | T1 median % | T1 p90 % | T1 RMSE ms | T2 median % "
           "| T2 p90 % | T2 RMSE ms |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -106,7 +107,7 @@ def main() -> None:
             print(f"| {snr:g} | matching, {name} | {seconds:.1f} ({seconds / net_s:.0f}x slower) "
                   f"| {summary(result, t1, t2)} |")
         print(f"| {snr:g} | matching, time exhaustive | {td_s:.0f} ({td_s / net_s:.0f}x, from {args.time_voxels}) "
-              "| same atoms as subspace up to the rank-5 residual | | | | | |")
+              f"| same atoms as subspace up to the rank-{rank} residual | | | | | |")
         print(f"|  | PD median error: network {100 * np.median(np.abs(net.pd / pd - 1)):.2f} %, matching "
               f"{100 * np.median(np.abs(exhaustive.pd / pd - 1)):.2f} %; median score {np.median(net.score):.4f} / "
               f"{np.median(exhaustive.score):.4f} | | | | | | | |")

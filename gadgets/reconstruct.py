@@ -45,7 +45,7 @@ _DEFAULTS = ReconSettings()
 RECON_PROPERTIES = (
     Property("method", _DEFAULTS.method, choice(*METHODS),
              "reconstruction: " + ", ".join(METHODS) + " (mrf_core.recon; default measured there)"),
-    Property("rank", "5", integer(0, 64), "subspace rank of a dictionary basis (0: the whole basis)"),
+    Property("rank", "0", integer(0, 64), "subspace rank of a dictionary basis (0: the whole basis)"),
     Property("virtual_coils", "8", integer(0, 256), "coil compression to this many virtual coils (0: none)"),
     Property("coil_method", "lowres", choice(*COIL_METHODS), "coil sensitivity estimation"),
     Property("nufft_backend", "finufft", choice(*BACKENDS), "NUFFT implementation"),

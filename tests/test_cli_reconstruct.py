@@ -41,8 +41,8 @@ def test_reconstruct_writes_maps_and_coefficients(sim_small_scan, tmp_path, caps
     dataset = ismrmrd.Dataset(str(out), "run1", create_if_needed=False)
     try:
         image = dataset.read_image(f"image_{COEFFICIENT_SERIES}", 1)
-        assert image.data.shape == (5, 1, 32, 32) and image.data.dtype == np.complex64
-        assert image_meta(image)["MRF_Rank"] == "5" and image.getHead().slice == 1
+        assert image.data.shape == (10, 1, 32, 32) and image.data.dtype == np.complex64
+        assert image_meta(image)["MRF_Rank"] == "10" and image.getHead().slice == 1
     finally:
         dataset.close()
     # both slices have the same trajectory and basis: slice 1 reads the PSF kernels slice 0 cached

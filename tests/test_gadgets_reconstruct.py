@@ -40,11 +40,11 @@ def test_reconstruct_sends_a_basis_image_then_one_coefficient_image_per_slice(si
     scan, acquisitions, _ = sim_small_scan
     assert [role_of(item) for item in recon_out] == [BASIS_ROLE, COEFFICIENT_ROLE, COEFFICIENT_ROLE]
     basis, schedule = read_basis_image(recon_out[0])
-    assert basis.rank == 5 and schedule.n_timepoints == 40 and basis.n_timepoints == 40
+    assert basis.rank == 10 and schedule.n_timepoints == 40 and basis.n_timepoints == 40
     for slice_index, image in enumerate(recon_out[1:]):
         coefficients, basis_hash = read_coefficients(image)
-        assert basis_hash == basis.hash and coefficients.shape == (5, 32, 32)
-        assert image_meta(image)["MRF_Rank"] == "5"
+        assert basis_hash == basis.hash and coefficients.shape == (10, 32, 32)
+        assert image_meta(image)["MRF_Rank"] == "10"
         head = image.getHead()
         first = next(a for a in acquisitions if a.idx.slice == slice_index and not a.is_flag_set(
             ismrmrd.ACQ_IS_NOISE_MEASUREMENT))

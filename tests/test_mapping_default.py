@@ -21,7 +21,7 @@ def test_default_model_fits_the_default_schedule(default_model):
     default_model.check(schedule)
     with pytest.raises(ModelMismatchError, match="1000 TRs.*500 TRs"):
         default_model.check(schedule.truncated(500))
-    assert default_model.input_kind == "coefficients" and default_model.basis.rank == 5
+    assert default_model.input_kind == "coefficients" and default_model.basis.rank == 10
     assert default_model_path().stat().st_size < 5 * 2**20
 
 

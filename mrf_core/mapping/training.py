@@ -281,7 +281,7 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
 #   mrf train --preset default --out mrf_core/data/default_model.pt
 PRESETS: dict[str, dict] = {
     "default": {
-        "arch": "mlp", "input_kind": "coefficients", "rank": 5, "arch_options": {"width": 128}, "n_train": 200_000,
+        "arch": "mlp", "input_kind": "coefficients", "rank": 10, "arch_options": {"width": 128}, "n_train": 200_000,
         "n_val": 20_000,
         "epochs": 40, "batch_size": 512, "lr": 2e-3, "patience": 8, "snr_range": (2.0, 200.0),
         "clean_fraction": 0.05, "n_states": 50, "seed": 0, "max_minutes": 25.0,
