@@ -38,6 +38,7 @@ QUANTITIES: tuple[Quantity, ...] = (
 )
 QUANTITY_BY_KEY = {q.key: q for q in QUANTITIES}
 QUANTITY_BY_ROLE = {q.role: q for q in QUANTITIES}
+PD_FRACTION = 0.1  # maps keep voxels whose |PD| exceeds this fraction of the 99th percentile (from_match)
 
 
 @dataclass(frozen=True)
@@ -77,17 +78,24 @@ class QuantitativeMaps:
 
     @classmethod
     def from_match(
-        cls, result, shape: tuple[int, int], slice_index: int, mapper: str, mask: np.ndarray | None = None
+        cls, result, shape: tuple[int, int], slice_index: int, mapper: str, mask: np.ndarray | None = None,
+        pd_fraction: float = PD_FRACTION,
     ) -> QuantitativeMaps:
         """Maps from a MatchResult-like object (t1_ms, t2_ms, b1, pd complex, score), any layout of
-        ny*nx voxels; voxels outside `mask` or unmatched become NaN. b1 is kept only where it is finite
-        somewhere, i.e. the mapper estimated it."""
+        ny*nx voxels; voxels outside `mask`, unmatched, or with |PD| at most pd_fraction of the 99th
+        percentile of the kept voxels' |PD| become NaN. The PD test drops the faint copies of an object's
+        signal that locally-low-rank regularisation leaves in empty voxels next to it: they match the
+        object's T1/T2 at a PD of a few %. b1 is kept only where it is finite somewhere, i.e. the mapper
+        estimated it."""
         n_voxels = int(np.prod(shape))
         if np.size(result.t1_ms) != n_voxels:
             raise MapsError(f"{mapper} result has {np.size(result.t1_ms)} voxels, the slice {shape} has {n_voxels}")
         keep = np.isfinite(np.reshape(result.t1_ms, shape))
         if mask is not None:
             keep &= np.asarray(mask, dtype=bool).reshape(shape)
+        pd_magnitude = np.abs(np.reshape(result.pd, shape))
+        if pd_fraction > 0 and keep.any():
+            keep &= pd_magnitude > pd_fraction * np.percentile(pd_magnitude[keep], 99.0)
 
         def field(values) -> np.ndarray:
             return np.where(keep, np.reshape(values, shape), np.nan).astype(np.float32)
@@ -97,7 +105,7 @@ class QuantitativeMaps:
             slice_index=slice_index,
             t1_ms=field(result.t1_ms),
             t2_ms=field(result.t2_ms),
-            pd=field(np.abs(result.pd)),
+            pd=field(pd_magnitude),
             quality=field(result.score),
             mapper=mapper,
             b1=field(b1) if np.isfinite(b1[keep]).any() else None,

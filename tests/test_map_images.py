@@ -26,7 +26,8 @@ def _maps(slice_index: int, shape=(6, 8), seed=0) -> QuantitativeMaps:
     t1[0, 0] = np.nan  # unmapped
     result = MatchResult(
         t1_ms=t1, t2_ms=rng.uniform(20, 250, shape), b1=np.full(shape, np.nan),
-        pd=rng.normal(size=shape) + 1j * rng.normal(size=shape), score=rng.uniform(0.9, 1, shape),
+        pd=rng.uniform(0.5, 2.0, shape) * np.exp(1j * rng.uniform(-np.pi, np.pi, shape)),
+        score=rng.uniform(0.9, 1, shape),
         atom_index=np.zeros(shape, dtype=int),
     )
     return QuantitativeMaps.from_match(result, shape, slice_index, "dictionary")
@@ -44,6 +45,21 @@ def test_from_match_masks_and_drops_unestimated_b1():
     assert (maps.pd[maps.mask] >= 0).all()
     with pytest.raises(MapsError, match="voxels"):
         QuantitativeMaps.from_match(MatchResult(*(np.zeros(3),) * 6), (2, 2), 0, "dictionary")
+
+
+def test_from_match_drops_faint_voxels_beside_the_object():
+    """LLR leaves faint copies of an object's signal next to it: |PD| <= 10 % of the 99th percentile is
+    not mapped; pd_fraction=0 keeps everything the mask keeps."""
+    shape = (4, 5)
+    pd = np.full(shape, 1.0 + 0j)
+    pd[0, :] = 0.05  # a faint rim that matched the object's T1/T2
+    pd[3, 4] = 0.12j  # faint, but above 10 %
+    result = MatchResult(t1_ms=np.full(shape, 800.0), t2_ms=np.full(shape, 60.0), b1=np.full(shape, np.nan), pd=pd,
+                         score=np.ones(shape), atom_index=np.zeros(shape, dtype=int))
+    maps = QuantitativeMaps.from_match(result, shape, 0, "network")
+    assert np.isnan(maps.t1_ms[0]).all() and np.isnan(maps.pd[0]).all()
+    assert maps.mask[1:].all() and maps.pd[3, 4] == pytest.approx(0.12)
+    assert QuantitativeMaps.from_match(result, shape, 0, "network", pd_fraction=0).mask.all()
 
 
 def test_images_carry_scanner_meta_and_geometry():
