@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -83,6 +84,15 @@ def truth_map_file(raw: Path, out: Path) -> Path:
     return out
 
 
+def counted_summary(result, quantity: str) -> dict:
+    """Over the counted spheres of one quantity: how many, how many within 5 %, the worst (a NaN error,
+    an unmapped ROI, counts as the worst)."""
+    errors = {r.sphere: r.error_pct for r in result.evaluation.spheres if r.quantity == quantity and r.counted}
+    worst = max(errors, key=lambda n: abs(errors[n]) if errors[n] == errors[n] else math.inf, default=None)
+    return {"counted": len(errors), "within_5pct": sum(abs(e) <= 5 for e in errors.values()),
+            "worst_sphere": worst, "worst_pct": errors.get(worst, math.nan)}
+
+
 def qa_table(maps: Path, label: str) -> dict:
     """QA of both plates of a map file: prints the table, returns the figures."""
     figures = {}
@@ -104,18 +114,16 @@ def qa_table(maps: Path, label: str) -> dict:
                            for q in ("t1_ms", "t2_ms")},
             "counted": {q: [r.sphere for r in result.evaluation.spheres if r.quantity == q and r.counted]
                         for q in ("t1_ms", "t2_ms")},
+            "summary": {q: counted_summary(result, q) for q in ("t1_ms", "t2_ms")},
         }
     print("\n(nc): not counted, outside what the sequence can measure (mrf_core/qa/references.py)\n")
     print("| plate | quantity | spheres | R^2 | goal | published | max abs error (%) | worst sphere | <= 5 % |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, f in figures.items():
         for q in ("t1_ms", "t2_ms"):
-            m = f["metrics"][q]
-            counted = {n: f["errors_pct"][q][n] for n in f["counted"][q]}
-            worst = max(counted, key=lambda n: abs(counted[n]) if counted[n] == counted[n] else 1e9, default=None)
-            within = sum(abs(e) <= 5 for e in counted.values())
+            m, c = f["metrics"][q], f["summary"][q]
             print(f"| {name} | {q[:2].upper()} | {m['n_counted']} | {m['r2']:.5f} | {GOAL[q]} | {PUBLISHED[q]} | "
-                  f"{m['max_abs_error_pct']:.2f} | {worst} | {within}/{len(counted)} |")
+                  f"{m['max_abs_error_pct']:.2f} | {c['worst_sphere']} | {c['within_5pct']}/{c['counted']} |")
     return figures
 
 
@@ -151,13 +159,10 @@ def sweep(raw: Path, out: Path) -> list[dict]:
             cells, row = [], {"rank": rank, "lambda": lam, "iterations": iterations, "s_per_slice": per_slice,
                               "plate": name}
             for q in ("t1_ms", "t2_ms"):
-                counted = {r.sphere: r.error_pct for r in result.evaluation.spheres if r.quantity == q and r.counted}
-                worst = max(counted, key=lambda n: abs(counted[n]))
-                within = sum(abs(e) <= 5 for e in counted.values())
-                r2 = result.evaluation.metrics[q].r2
-                cells += [f"{within}/{len(counted)}", f"{counted[worst]:+.1f} % (sphere {worst})", f"{r2:.5f}"]
-                row[q] = {"within_5pct": within, "counted": len(counted), "worst_sphere": worst,
-                          "worst_pct": counted[worst], "r2": r2}
+                c = {**counted_summary(result, q), "r2": result.evaluation.metrics[q].r2}
+                cells += [f"{c['within_5pct']}/{c['counted']}", f"{c['worst_pct']:+.1f} % (sphere {c['worst_sphere']})",
+                          f"{c['r2']:.5f}"]
+                row[q] = c
             rows.append(row)
             print(f"| {rank} | {lam:g} | {iterations} | {per_slice:.1f} | {name} | " + " | ".join(cells) + " |",
                   flush=True)
