@@ -84,10 +84,10 @@ class ReconSettings:
     components (None: use it whole; the default model's and dictionary's bases have rank 10);
     n_virtual_coils: None or >= the channel count skips compression; n_iterations None: DEFAULT_ITERATIONS
     of the method; coverage_min: fraction of the k-space disc the interleaves must reach (else ReconError).
-    Defaults measured with benchmarks/bench_qa.py --sweep and
-    benchmarks/bench_recon.py (README): llr at rank 10, lambda 1.2, 30 iterations is the one setting tried
-    that puts every measurable NIST sphere within 5 % (rank 5 leaves the short-T1 spheres 14-28 % high);
-    lowres coil maps match ESPIRiT's map error at a fraction of its time; finufft is 3-4x faster than sigpy."""
+    Defaults measured with benchmarks/bench_qa.py --sweep and benchmarks/bench_recon.py (README): llr at
+    rank 10, lambda 1.2, 30 iterations is the one setting tried that puts every measurable NIST sphere
+    within 5 % (rank 5 leaves the short-T1 spheres 14-28 % high); lowres coil maps match ESPIRiT's map
+    error at a fraction of its time; finufft is 3-4x faster than sigpy."""
 
     method: str = "llr"
     rank: int | None = None
