@@ -15,6 +15,8 @@ USER root
 COPY pyproject.toml README.md /tmp/mrf-gadgetron/
 COPY mrf_core /tmp/mrf-gadgetron/mrf_core
 COPY gadgets /tmp/mrf-gadgetron/gadgets
+COPY mrf_gadgetron /tmp/mrf-gadgetron/mrf_gadgetron
+COPY config_xml /tmp/mrf-gadgetron/config_xml
 RUN ${GT_ENV}/bin/python -m pip --version || ${GT_ENV}/bin/python -m ensurepip \
  && ${GT_ENV}/bin/python -c "import numpy; print('numpy==' + numpy.__version__)" > /tmp/constraints.txt \
  && ${GT_ENV}/bin/python -m pip install --no-cache-dir --index-url ${TORCH_INDEX} torch==2.13.0 \

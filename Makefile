@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet $(TORCH) 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install --quiet -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') and torch.version.cuda is None else 'torch was replaced: ' + v)"
-	$(PY) -c "import mrf_core, ismrmrd, gadgetron, sigpy, finufft, h5py"
+	$(PY) -c "import mrf_core, mrf_gadgetron, ismrmrd, gadgetron, sigpy, finufft, h5py"
 	touch $(STAMP)
 
 demo: $(STAMP)

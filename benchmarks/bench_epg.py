@@ -13,8 +13,8 @@ import time
 import numpy as np
 import torch
 
-from mrf_core.epg import simulate_fisp
-from mrf_core.sequence import default_schedule
+from mrf_core.physics.epg import simulate_fisp
+from mrf_core.physics.sequence import default_schedule
 
 MRPRO_ATOM_TR_PER_S = {20: 1.6e6, 100: 0.36e6}
 

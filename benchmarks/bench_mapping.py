@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from seed_tables import cached_dictionary, noisy, timed
 
-from mrf_core.dictionary import oksuz_grid
-from mrf_core.epg import signal_phase, simulate_fingerprints
 from mrf_core.mapping import default_model_path, load_model
+from mrf_core.mapping.matching import match
 from mrf_core.mapping.module import table_of
 from mrf_core.mapping.parameters import ParameterSpace
-from mrf_core.matching import match
-from mrf_core.sequence import default_schedule
+from mrf_core.physics.dictionary import oksuz_grid
+from mrf_core.physics.epg import signal_phase, simulate_fingerprints
+from mrf_core.physics.sequence import default_schedule
 
 
 def tissues(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrf_core.dictionary import Dictionary, build_dictionary, oksuz_grid, percent_grid
-from mrf_core.epg import simulate_fisp
-from mrf_core.matching import match
-from mrf_core.sequence import default_schedule
+from mrf_core.mapping.matching import match
+from mrf_core.physics.dictionary import Dictionary, build_dictionary, oksuz_grid, percent_grid
+from mrf_core.physics.epg import simulate_fisp
+from mrf_core.physics.sequence import default_schedule
 
 GRIDS = {"oksuz": oksuz_grid, "percent5": lambda: percent_grid(5.0)}
 CONFIGS = [("time", "exhaustive"), ("subspace", "exhaustive"), ("subspace", "pruned")]

@@ -19,7 +19,7 @@ The QA of the simulation's own truth maps is printed first as a check of the mea
 --sweep: `mrf reconstruct` of the same raw file at each (rank, LLR lambda, iterations) of SWEEP, mapped by
 the dictionary (the one mapper that takes any rank; 5 % grid, so ~1-2 % of quantisation in every
 figure), and per plate the counted spheres within 5 %, the largest |error| and where, the R^2, and the
-reconstruction time per slice: how the defaults of mrf_core.recon were chosen.
+reconstruction time per slice: how the defaults of mrf_core.recon.reconstruct were chosen.
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def truth_map_file(raw: Path, out: Path) -> Path:
     """The simulation's truth as a map file (QA of it must report zero errors)."""
     import numpy as np
 
-    from mrf_core.maps import QuantitativeMaps
+    from mrf_core.io.rawio import MrfRawFile
+    from mrf_core.mapping.maps import QuantitativeMaps
     from mrf_core.qa.synthetic import write_map_file
-    from mrf_core.rawio import MrfRawFile
 
     with MrfRawFile(raw) as f:
         phantom = f.truth().phantom

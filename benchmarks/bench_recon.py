@@ -36,13 +36,13 @@ def _rss_mib() -> float:
 # ---- inputs (cached) --------------------------------------------------------------------------------
 def prepare(args) -> tuple[Path, Path]:
     """The gathered slice (npz, with the truth) and the dictionary file, made once."""
-    from mrf_core.cli.reconstruct import dictionary_for
-    from mrf_core.gather import SliceGatherer
-    from mrf_core.phantoms import nist_phantom
-    from mrf_core.rawio import MrfRawFile
-    from mrf_core.sequence import default_schedule
-    from mrf_core.simulate import ScanSettings, simulate_to_file
-    from mrf_core.trajectory import SpiralParams
+    from mrf_core.io.rawio import MrfRawFile
+    from mrf_core.physics.sequence import default_schedule
+    from mrf_core.recon.gather import SliceGatherer
+    from mrf_core.recon.trajectory import SpiralParams
+    from mrf_core.sim.phantoms import nist_phantom
+    from mrf_core.sim.simulate import ScanSettings, simulate_to_file
+    from mrf_gadgetron.cli.reconstruct import dictionary_for
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,8 +72,8 @@ def prepare(args) -> tuple[Path, Path]:
 
 
 def load_slice(path: Path):
-    from mrf_core.gather import SliceData
-    from mrf_core.sequence import FispSchedule
+    from mrf_core.physics.sequence import FispSchedule
+    from mrf_core.recon.gather import SliceData
 
     z = np.load(path)
     data = SliceData(slice_index=0, kspace=z["kspace"], traj=z["traj"], interleave=z["interleave"], dcf=z["dcf"],
@@ -84,9 +84,9 @@ def load_slice(path: Path):
 
 # ---- one case in its own process --------------------------------------------------------------------
 def child_recon(case: dict, slice_file: Path, dictionary_file: Path) -> dict:
-    from mrf_core.cli.reconstruct import map_nrmse, match_coefficients
-    from mrf_core.dictionary import Dictionary
-    from mrf_core.recon import ReconSettings, reconstruct_slice
+    from mrf_core.physics.dictionary import Dictionary
+    from mrf_core.recon.reconstruct import ReconSettings, reconstruct_slice
+    from mrf_gadgetron.cli.reconstruct import map_nrmse, match_coefficients
 
     data, t1, t2, mask = load_slice(slice_file)
     dictionary = Dictionary.load(dictionary_file, fingerprints=False)
@@ -106,9 +106,9 @@ def child_recon(case: dict, slice_file: Path, dictionary_file: Path) -> dict:
 
 def child_nufft(case: dict, slice_file: Path, dictionary_file: Path) -> dict:
     """One backend: the adjoint and forward of K x V transforms over all interleaves' points, and the PSF."""
-    from mrf_core.dictionary import Dictionary
-    from mrf_core.nufft import Nufft
-    from mrf_core.subspace import SubspaceSampling, ToeplitzNormal
+    from mrf_core.physics.dictionary import Dictionary
+    from mrf_core.recon.nufft import Nufft
+    from mrf_core.recon.subspace import SubspaceSampling, ToeplitzNormal
 
     data, *_ = load_slice(slice_file)
     basis = Dictionary.load(dictionary_file, fingerprints=False).basis.truncated(case["rank"])

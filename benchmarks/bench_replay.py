@@ -5,7 +5,7 @@ per process, start-up cost per gadget process.
 
 Standard scan: the NIST T1 plate (3 T), 256 x 256 over 300 mm, the 1000-TR Jiang schedule, one of 48
 spiral interleaves per TR, 16 coils, SNR 40; simulated once and cached as out/bench/replay_<...>.h5.
-Each run replays it (mrf_core.wire.replay: every <external> its own `python -m gadgetron` process behind
+Each run replays it (mrf_gadgetron.host.replay: every <external> its own `python -m gadgetron` process behind
 a socket, as Gadgetron runs them) into a temporary map file. Figures:
 - per stage: start-up (launch -> connected), items in/out, when its input closed, its first output and
   its CLOSE (s since the chain started), peak resident memory (VmHWM from /proc at its CLOSE);
@@ -34,10 +34,10 @@ GOAL_S = 30.0
 
 def standard_scan(matrix: int, coils: int, timepoints: int) -> Path:
     """The cached standard scan (simulated on first use)."""
-    from mrf_core.phantoms import nist_phantom
-    from mrf_core.sequence import default_schedule
-    from mrf_core.simulate import ScanSettings, simulate_to_file
-    from mrf_core.trajectory import SpiralParams
+    from mrf_core.physics.sequence import default_schedule
+    from mrf_core.recon.trajectory import SpiralParams
+    from mrf_core.sim.phantoms import nist_phantom
+    from mrf_core.sim.simulate import ScanSettings, simulate_to_file
 
     path = REPO / "out" / "bench" / f"replay_nist_t1_{matrix}_{timepoints}tr_{coils}coils.h5"
     if not path.is_file():
@@ -79,8 +79,8 @@ def main() -> None:
     parser.add_argument("--timepoints", type=int, default=1000)
     args = parser.parse_args()
 
-    from mrf_core.cli.replay import load_config
-    from mrf_core.wire.replay import replay
+    from mrf_gadgetron.cli.replay import load_config
+    from mrf_gadgetron.host.replay import replay
 
     config = load_config(args.config)
     raw = standard_scan(args.matrix, args.coils, args.timepoints)
@@ -89,8 +89,8 @@ def main() -> None:
     print(f"Replay of {raw.name} ({raw.stat().st_size / 2**20:.0f} MiB) through {config.source}; "
           f"load average before: {' '.join(load)} (2-core machine shared with other work)")
     lines = _Lines()
-    logging.getLogger("mrf_core.wire").addHandler(lines)
-    logging.getLogger("mrf_core.wire").setLevel(logging.INFO)
+    logging.getLogger("mrf_gadgetron.host").addHandler(lines)
+    logging.getLogger("mrf_gadgetron.host").setLevel(logging.INFO)
     for run in range(1, args.runs + 1):
         lines.lines.clear()
         with tempfile.TemporaryDirectory() as folder:

@@ -24,10 +24,10 @@ def _rss_mib() -> float:
 
 def run_one(args) -> None:
     """Simulate one phantom to a temporary file and print a JSON line of figures."""
-    from mrf_core.phantoms import make_phantom
-    from mrf_core.sequence import default_schedule
-    from mrf_core.simulate import ScanSettings, simulate_to_file
-    from mrf_core.trajectory import SpiralParams
+    from mrf_core.physics.sequence import default_schedule
+    from mrf_core.recon.trajectory import SpiralParams
+    from mrf_core.sim.phantoms import make_phantom
+    from mrf_core.sim.simulate import ScanSettings, simulate_to_file
 
     baseline = _rss_mib()
     phantom = make_phantom(args.one, field_t=3.0, matrix=args.matrix, fov_mm=300.0, b1_amplitude=0.1)

@@ -34,12 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrf_core.dictionary import Dictionary, build_dictionary, oksuz_grid, song_grid
 from mrf_core.mapping import default_model_path, load_model
+from mrf_core.mapping.matching import match
 from mrf_core.mapping.parameters import ParameterSpace
 from mrf_core.mapping.training import TrainConfig, TrainingSet, simulate_set, train_model
-from mrf_core.matching import match
-from mrf_core.sequence import default_schedule
+from mrf_core.physics.dictionary import Dictionary, build_dictionary, oksuz_grid, song_grid
+from mrf_core.physics.sequence import default_schedule
 
 PAPER_A = {"residual CNN": ("0.659", "0.491", "0.99999986", "0.99999963", "8.2 s"),
            "dictionary matching": ("-", "-", "-", "-", "464.1 s")}

@@ -1,7 +1,7 @@
 """The dictionary a scan is matched with: a configured file, or one built for the scan's schedule and cached.
 
 Gadget processes start afresh for every scan, so a built dictionary is cached on disk
-(mrf_core.dictionary.cached_dictionary, keyed by the schedule hash and every build setting); later scans
+(mrf_core.physics.dictionary.cached_dictionary, keyed by the schedule hash and every build setting); later scans
 (and the other gadget of the chain that needs the same dictionary, e.g. reconstruct for its basis and
 map_dictionary for matching) load it in well under a second.
 """
@@ -15,8 +15,8 @@ import numpy as np
 
 import mrf_core
 from gadgets.properties import Property, choice, integer, number, optional_path
-from mrf_core.dictionary import GRIDS, Dictionary, DictionaryGrid, cached_dictionary, percent_grid
-from mrf_core.sequence import FispSchedule
+from mrf_core.physics.dictionary import GRIDS, Dictionary, DictionaryGrid, cached_dictionary, percent_grid
+from mrf_core.physics.sequence import FispSchedule
 
 log = logging.getLogger(__name__)
 

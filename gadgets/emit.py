@@ -1,4 +1,4 @@
-"""Gadget emit: maps bundles -> the images a scanner stores and shows (mrf_core.map_images).
+"""Gadget emit: maps bundles -> the images a scanner stores and shows (mrf_core.io.map_images).
 
 One series per quantity (series_base + offset: T1, T2, PD, B1, match quality), one image per slice, the
 scanner meta of DESIGN.md section 5 (DataRole, GADGETRON_DataRole, SeqDescription, ImageComment with the
@@ -24,8 +24,8 @@ from gadgets.stage_images import (
     role_of,
     warnings_of,
 )
-from mrf_core.map_images import COEFFICIENT_ROLE, image_meta, map_images
-from mrf_core.maps import QUANTITIES
+from mrf_core.io.map_images import COEFFICIENT_ROLE, image_meta, map_images
+from mrf_core.mapping.maps import QUANTITIES
 
 log = logging.getLogger(__name__)
 

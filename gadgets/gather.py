@@ -1,10 +1,10 @@
 """The gather stage of gadget reconstruct: the scan's header and acquisitions -> complete slices.
 
 Properties choose where the time point, interleave and slice are read from (`index_map`, the syntax of
-mrf_core.rawio.IndexMap: "timepoint=user_int[0],interleave=kspace_encode_step_1"; empty: the header's
+mrf_core.io.rawio.IndexMap: "timepoint=user_int[0],interleave=kspace_encode_step_1"; empty: the header's
 MRF_index_map user parameter, else repetition / kspace_encode_step_1 / slice), a schedule file for
 converters that do not write the schedule into the header (it then replaces the header's), and how many
-time points a slice may miss. Noise scans go to prewhitening (mrf_core.gather buffers them).
+time points a slice may miss. Noise scans go to prewhitening (mrf_core.recon.gather buffers them).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import logging
 from collections.abc import Iterable, Iterator
 
 from gadgets.properties import Property, number, optional_path, text
-from mrf_core.gather import GatherError, SliceData, SliceGatherer
-from mrf_core.rawio import IndexMap, ScanInfo, validate_header
-from mrf_core.sequence import FispSchedule, load_schedule
+from mrf_core.io.rawio import IndexMap, ScanInfo, validate_header
+from mrf_core.physics.sequence import FispSchedule, load_schedule
+from mrf_core.recon.gather import GatherError, SliceData, SliceGatherer
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ GATHER_PROPERTIES = (
              "acquisition fields of time point, interleave and slice, e.g. 'timepoint=user_int[0]'; "
              "empty: the header's MRF_index_map, else repetition / kspace_encode_step_1 / slice"),
     Property("schedule_file", "", optional_path,
-             "schedule file (JSON or CSV, mrf_core.sequence) replacing the header's sequenceParameters; "
+             "schedule file (JSON or CSV, mrf_core.physics.sequence) replacing the header's sequenceParameters; "
              "empty: the header's"),
     Property("max_missing_fraction", "0", number(0.0, 0.99),
              "fraction of a slice's readouts that may be missing (0: a slice must be complete)"),

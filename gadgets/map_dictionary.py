@@ -3,7 +3,7 @@
 In the default chain it is the fallback after map_network (which passes on what it could not map, with the
 reason in MRF_Warning); alone after reconstruct it maps every slice. Maps bundles and anything else pass
 through. The dictionary is a configured file or one built for the scan's schedule (cached on disk, see
-gadgets.dictionary_source). Matching is mrf_core.matching.match in the subspace of the coefficients' own
+gadgets.dictionary_source). Matching is mrf_core.mapping.matching.match in the subspace of the coefficients' own
 basis: when that basis is not the dictionary's (a truncation of it, or a network model's basis of the same
 schedule), the atoms are expressed in it (`Dictionary.in_basis`) rather than the coefficients padded into
 the dictionary's. Atoms are then normalised in the same subspace as the data; normalising them in a larger
@@ -22,9 +22,9 @@ from gadgets.map_stage import ScanContext, object_voxels, run_mapping_gadget
 from gadgets.properties import Property, choice
 from gadgets.runtime import THREADS_PROPERTY, timed
 from gadgets.stage_images import StageImageError, geometry_of, maps_bundle, read_coefficients, warnings_of
-from mrf_core.dictionary import Dictionary
-from mrf_core.maps import QuantitativeMaps
-from mrf_core.matching import match
+from mrf_core.mapping.maps import QuantitativeMaps
+from mrf_core.mapping.matching import match
+from mrf_core.physics.dictionary import Dictionary
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from gadgets.map_stage import ScanContext, object_voxels, run_mapping_gadget
 from gadgets.model_source import MODEL_PROPERTIES, load_network
 from gadgets.runtime import THREADS_PROPERTY, one_line, timed
 from gadgets.stage_images import add_warning, geometry_of, maps_bundle, read_coefficients, warnings_of
-from mrf_core.maps import QuantitativeMaps
+from mrf_core.mapping.maps import QuantitativeMaps
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import numpy as np
 from gadgets.properties import read_properties
 from gadgets.runtime import run_gadget, set_threads
 from gadgets.stage_images import BASIS_ROLE, StageImageError, read_basis_image, role_of
-from mrf_core.map_images import COEFFICIENT_ROLE
-from mrf_core.sequence import FispSchedule, ScheduleError
-from mrf_core.temporal_basis import TemporalBasis
+from mrf_core.io.map_images import COEFFICIENT_ROLE
+from mrf_core.physics.sequence import FispSchedule, ScheduleError
+from mrf_core.physics.temporal_basis import TemporalBasis
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import numpy as np
 from gadgets.properties import Property, choice, integer, number, optional_path, read_properties
 from gadgets.runtime import run_gadget
 from gadgets.stage_images import geometry_of, role_of, set_meta
-from mrf_core.map_images import ImageGeometry, client_group_name, image_meta, write_images
+from mrf_core.io.map_images import ImageGeometry, client_group_name, image_meta, write_images
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Gadget reconstruct: spiral MRF acquisitions -> subspace coefficient images, one per slice.
 
 Stages: header check (gadgets.gather.scan_info) -> the temporal basis -> gather slices -> NUFFT low-rank
-subspace reconstruction (mrf_core.recon) -> object mask -> a basis image (once) and a K-channel complex
+subspace reconstruction (mrf_core.recon.reconstruct) -> object mask -> a basis image (once) and a K-channel complex
 coefficient image per slice, with the geometry of the slice's acquisitions (gadgets.stage_images).
 Gather and reconstruct share one process so raw data cross a socket only once.
 
@@ -29,13 +29,13 @@ from gadgets.model_source import MODEL_PROPERTIES, load_network
 from gadgets.properties import GadgetConfigError, Property, choice, integer, number, optional_path, read_properties
 from gadgets.runtime import THREADS_PROPERTY, one_line, run_gadget, set_threads
 from gadgets.stage_images import basis_image
-from mrf_core.coils import COIL_METHODS
-from mrf_core.map_images import ImageGeometry, coefficient_image
-from mrf_core.maps import object_mask
-from mrf_core.nufft import BACKENDS, DEFAULT_THREADS
-from mrf_core.recon import METHODS, ReconSettings, reconstruct_slice
-from mrf_core.sequence import FispSchedule
-from mrf_core.temporal_basis import TemporalBasis
+from mrf_core.io.map_images import ImageGeometry, coefficient_image
+from mrf_core.mapping.maps import object_mask
+from mrf_core.physics.sequence import FispSchedule
+from mrf_core.physics.temporal_basis import TemporalBasis
+from mrf_core.recon.coils import COIL_METHODS
+from mrf_core.recon.nufft import BACKENDS, DEFAULT_THREADS
+from mrf_core.recon.reconstruct import METHODS, ReconSettings, reconstruct_slice
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ COEFFICIENT_SERIES = 1
 _DEFAULTS = ReconSettings()
 RECON_PROPERTIES = (
     Property("method", _DEFAULTS.method, choice(*METHODS),
-             "reconstruction: " + ", ".join(METHODS) + " (mrf_core.recon; default measured there)"),
+             "reconstruction: " + ", ".join(METHODS) + " (mrf_core.recon.reconstruct; default measured there)"),
     Property("rank", "0", integer(0, 64), "subspace rank of a dictionary basis (0: the whole basis)"),
     Property("virtual_coils", "8", integer(0, 256), "coil compression to this many virtual coils (0: none)"),
     Property("coil_method", "lowres", choice(*COIL_METHODS), "coil sensitivity estimation"),

@@ -5,7 +5,7 @@
   stages can convert coefficients between bases and check a model against the schedule without a
   schedule property of their own. float32 (1, 1, n_timepoints, rank); meta MRF_BasisHash,
   MRF_ScheduleHash, MRF_SignalPhase ("re,im"), MRF_SingularValues (list), MRF_Schedule (JSON).
-- coefficient image (`SubspaceCoefficients`): mrf_core.map_images.coefficient_image; K complex channels;
+- coefficient image (`SubspaceCoefficients`): mrf_core.io.map_images.coefficient_image; K complex channels;
   voxels outside the object mask are 0 (mappers leave all-zero voxels unmapped).
 - maps bundle (`MRFMaps`): a slice's QuantitativeMaps as one float32 image, a channel per quantity (keys
   in MRF_Quantities, NaN unmapped), MRF_Mapper; the emit gadget turns it into scanner map images.
@@ -20,10 +20,10 @@ import json
 import ismrmrd
 import numpy as np
 
-from mrf_core.map_images import COEFFICIENT_ROLE, ImageGeometry, image_meta
-from mrf_core.maps import QUANTITY_BY_KEY, MapsError, QuantitativeMaps
-from mrf_core.sequence import FispSchedule
-from mrf_core.temporal_basis import TemporalBasis
+from mrf_core.io.map_images import COEFFICIENT_ROLE, ImageGeometry, image_meta
+from mrf_core.mapping.maps import QUANTITY_BY_KEY, MapsError, QuantitativeMaps
+from mrf_core.physics.sequence import FispSchedule
+from mrf_core.physics.temporal_basis import TemporalBasis
 
 BASIS_ROLE = "TemporalBasis"
 MAPS_ROLE = "MRFMaps"

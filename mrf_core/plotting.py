@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mrf_core.atomic_io import atomic_path
-from mrf_core.sequence import FispSchedule
+from mrf_core.io.atomic import atomic_path
+from mrf_core.physics.sequence import FispSchedule
 
 
 def _pyplot():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from mrf_core.phantoms import brain_phantom
-from mrf_core.rawio import write_raw
-from mrf_core.sequence import default_schedule
-from mrf_core.simulate import ScanSettings, SimulatedScan
-from mrf_core.trajectory import SpiralParams
+from mrf_core.io.rawio import write_raw
+from mrf_core.physics.sequence import default_schedule
+from mrf_core.recon.trajectory import SpiralParams
+from mrf_core.sim.phantoms import brain_phantom
+from mrf_core.sim.simulate import ScanSettings, SimulatedScan
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,14 @@ import sys
 import numpy as np
 import pytest
 
-from mrf_core.cli import main
-from mrf_core.epg import simulate_fisp
-from mrf_core.sequence import default_schedule
+from mrf_core.physics.epg import simulate_fisp
+from mrf_core.physics.sequence import default_schedule
+from mrf_gadgetron.cli import main
 from tests.test_end_to_end import default_config_text, gadget_cache  # noqa: F401 (the demo test's fixture)
 
 
 def test_help_lists_subcommands():
-    out = subprocess.run([sys.executable, "-m", "mrf_core", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "mrf_gadgetron", "--help"], capture_output=True, text=True, check=True)
     for name in ("signal", "dictionary", "demo"):
         assert name in out.stdout
 

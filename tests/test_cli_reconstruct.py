@@ -8,15 +8,15 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from mrf_core.cli import main
-from mrf_core.cli.reconstruct import COEFFICIENT_SERIES, COIL_METHOD_CHOICES, METHOD_CHOICES
-from mrf_core.dictionary import cache_key, percent_grid
-from mrf_core.map_images import image_meta, read_map_file
+from mrf_core.io.map_images import image_meta, read_map_file
+from mrf_core.physics.dictionary import cache_key, percent_grid
+from mrf_gadgetron.cli import main
+from mrf_gadgetron.cli.reconstruct import COEFFICIENT_SERIES, COIL_METHOD_CHOICES, METHOD_CHOICES
 
 
 def test_choices_are_the_librarys():
-    from mrf_core.coils import COIL_METHODS
-    from mrf_core.recon import METHODS
+    from mrf_core.recon.coils import COIL_METHODS
+    from mrf_core.recon.reconstruct import METHODS
 
     assert METHOD_CHOICES == METHODS and COIL_METHOD_CHOICES == COIL_METHODS
 

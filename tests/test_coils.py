@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mrf_core.coil_sim import birdcage_sensitivities, correlated_noise, noise_covariance
-from mrf_core.coils import CoilError, combine_coils, compression_matrix, estimate_coil_maps, noise_whitening
+from mrf_core.recon.coils import CoilError, combine_coils, compression_matrix, estimate_coil_maps, noise_whitening
+from mrf_core.sim.coil_sim import birdcage_sensitivities, correlated_noise, noise_covariance
 
 
 def test_whitened_noise_is_white():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gadgets.properties import read_properties
-from mrf_core.wire.stream_config import load_stream_config
+from mrf_gadgetron.host.stream_config import load_stream_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config_xml"
 CHAINS = {

@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from mrf_core.dictionary import (
+from mrf_core.physics.dictionary import (
     Dictionary,
     DictionaryError,
     DictionaryGrid,
@@ -15,9 +15,9 @@ from mrf_core.dictionary import (
     percent_grid,
     song_grid,
 )
-from mrf_core.epg import simulate_fisp
-from mrf_core.sequence import default_schedule
-from mrf_core.temporal_basis import BasisError, TemporalBasis
+from mrf_core.physics.epg import simulate_fisp
+from mrf_core.physics.sequence import default_schedule
+from mrf_core.physics.temporal_basis import BasisError, TemporalBasis
 
 
 @pytest.fixture(scope="module")

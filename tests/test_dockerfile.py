@@ -55,7 +55,7 @@ def test_the_copied_files_build_the_package_with_its_data(tmp_path):
     """What the image copies (pyproject, README, mrf_core, gadgets) is enough to build the wheel it installs."""
     src = tmp_path / "src"
     src.mkdir()
-    for source in ("pyproject.toml", "README.md", "mrf_core", "gadgets"):
+    for source in ("pyproject.toml", "README.md", "mrf_core", "gadgets", "mrf_gadgetron", "config_xml"):
         assert source in _copy_sources()
         copy = shutil.copytree if (ROOT / source).is_dir() else shutil.copy
         copy(ROOT / source, src / source, **({"ignore": shutil.ignore_patterns("__pycache__")}

@@ -12,18 +12,25 @@ import threading
 import numpy as np
 import pytest
 
-from mrf_core.cli.demo import sphere_accuracy
-from mrf_core.map_images import read_map_file
-from mrf_core.phantoms import nist_phantom
-from mrf_core.rawio import MrfRawFile
-from mrf_core.sequence import default_schedule
-from mrf_core.simulate import ScanSettings, simulate_to_file
-from mrf_core.trajectory import SpiralParams
-from mrf_core.wire.chain import ChainOptions
-from mrf_core.wire.messages import MessageId, encode_config_name, encode_header, encode_id, encode_item, encode_string
-from mrf_core.wire.replay import replay
-from mrf_core.wire.server import MrfServer, ServerSettings
-from mrf_core.wire.stream_config import default_config_dir, load_stream_config, parse_stream_config
+from mrf_core.io.map_images import read_map_file
+from mrf_core.io.rawio import MrfRawFile
+from mrf_core.physics.sequence import default_schedule
+from mrf_core.recon.trajectory import SpiralParams
+from mrf_core.sim.phantoms import nist_phantom
+from mrf_core.sim.simulate import ScanSettings, simulate_to_file
+from mrf_gadgetron.cli.demo import sphere_accuracy
+from mrf_gadgetron.host.chain import ChainOptions
+from mrf_gadgetron.host.messages import (
+    MessageId,
+    encode_config_name,
+    encode_header,
+    encode_id,
+    encode_item,
+    encode_string,
+)
+from mrf_gadgetron.host.replay import replay
+from mrf_gadgetron.host.server import MrfServer, ServerSettings
+from mrf_gadgetron.host.stream_config import default_config_dir, load_stream_config, parse_stream_config
 from tests.test_server import exchange
 
 N_TIMEPOINTS = 200
@@ -99,7 +106,7 @@ def test_default_chain_through_the_server_maps_the_phantom_with_the_dictionary_f
     """As `gadgetron_ismrmrd_client -C mrf_default.xml -f scan.h5` with a model file that does not exist:
     a TEXT warning from map_network, then T1, T2, PD (+ quality) series mapped by the dictionary, written
     like the client writes them, within tolerance of the truth."""
-    from mrf_core.map_images import write_images
+    from mrf_core.io.map_images import write_images
 
     _, header, acquisitions, phantom = e2e_scan
     missing = tmp_path / "no_such_model.pt"

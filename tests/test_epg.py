@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from mrf_core.epg import SimulationError, simulate_fisp
-from mrf_core.sequence import FispSchedule, default_schedule
+from mrf_core.physics.epg import SimulationError, simulate_fisp
+from mrf_core.physics.sequence import FispSchedule, default_schedule
 
 
 def fisp_steady_state(alpha_deg, tr_ms, t1_ms, t2_ms):

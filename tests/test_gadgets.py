@@ -31,11 +31,11 @@ from gadgets.stage_images import (
     role_of,
     warnings_of,
 )
-from mrf_core.dictionary import cache_key
-from mrf_core.epg import simulate_fingerprints
-from mrf_core.map_images import ImageGeometry, coefficient_image, image_meta
-from mrf_core.maps import QuantitativeMaps
-from mrf_core.sequence import default_schedule
+from mrf_core.io.map_images import ImageGeometry, coefficient_image, image_meta
+from mrf_core.mapping.maps import QuantitativeMaps
+from mrf_core.physics.dictionary import cache_key
+from mrf_core.physics.epg import simulate_fingerprints
+from mrf_core.physics.sequence import default_schedule
 
 TISSUES = [(300.0, 40.0), (800.0, 60.0), (1300.0, 90.0), (2000.0, 150.0), (3500.0, 1500.0)]
 N = 10
@@ -279,7 +279,7 @@ def test_network_mapper_falls_back_on_a_foreign_schedule_or_a_failing_model(sche
 def test_network_mapper_maps_with_a_working_model(schedule, dictionary, coefficients, truth):
     """A stand-in model (dictionary matching behind the model API) shows the network path end to end: the
     coefficients' own basis handed to the model, background left out, maps bundle with mapper 'network'."""
-    from mrf_core.matching import match
+    from mrf_core.mapping.matching import match
 
     class MatchingModel:
         basis = dictionary.basis.truncated(6)

@@ -17,10 +17,10 @@ from gadgets.properties import GadgetConfigError
 from gadgets.reconstruct import reconstruct
 from gadgets.runtime import ErrorMessage
 from gadgets.stage_images import BASIS_ROLE, read_basis_image, read_coefficients, role_of, warnings_of
-from mrf_core.gather import GatherError
-from mrf_core.map_images import COEFFICIENT_ROLE, image_meta
-from mrf_core.rawio import RawAcquisitionError, RawHeaderError
-from mrf_core.sequence import FispSchedule
+from mrf_core.io.map_images import COEFFICIENT_ROLE, image_meta
+from mrf_core.io.rawio import RawAcquisitionError, RawHeaderError
+from mrf_core.physics.sequence import FispSchedule
+from mrf_core.recon.gather import GatherError
 
 DICT = {"grid_step_pct": "8"}
 

@@ -7,7 +7,7 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from mrf_core.map_images import (
+from mrf_core.io.map_images import (
     ImageGeometry,
     coefficient_image,
     image_meta,
@@ -15,9 +15,9 @@ from mrf_core.map_images import (
     read_map_file,
     write_images,
 )
-from mrf_core.maps import MapsError, QuantitativeMaps, object_mask
-from mrf_core.matching import MatchResult
-from mrf_core.temporal_basis import BasisError, TemporalBasis
+from mrf_core.mapping.maps import MapsError, QuantitativeMaps, object_mask
+from mrf_core.mapping.matching import MatchResult
+from mrf_core.physics.temporal_basis import BasisError, TemporalBasis
 
 
 def _maps(slice_index: int, shape=(6, 8), seed=0) -> QuantitativeMaps:

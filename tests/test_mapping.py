@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from mrf_core.cli import main
-from mrf_core.epg import simulate_fisp
 from mrf_core.mapping import ModelError, ModelMismatchError, load_model
 from mrf_core.mapping.architectures import ARCHITECTURES
 from mrf_core.mapping.archive import METADATA_FILE, script
 from mrf_core.mapping.inputs import InputTransform
 from mrf_core.mapping.parameters import ParameterSpace
 from mrf_core.mapping.training import TrainConfig, train_model
-from mrf_core.sequence import default_schedule
-from mrf_core.temporal_basis import TemporalBasis
+from mrf_core.physics.epg import simulate_fisp
+from mrf_core.physics.sequence import default_schedule
+from mrf_core.physics.temporal_basis import TemporalBasis
+from mrf_gadgetron.cli import main
 
 SCHEDULE = default_schedule().truncated(32)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mrf_core.dictionary import build_dictionary, percent_grid
-from mrf_core.epg import simulate_fisp
 from mrf_core.mapping import ModelMismatchError, default_model_path, load_model
-from mrf_core.sequence import default_schedule
+from mrf_core.physics.dictionary import build_dictionary, percent_grid
+from mrf_core.physics.epg import simulate_fisp
+from mrf_core.physics.sequence import default_schedule
 
 
 @pytest.fixture(scope="module")

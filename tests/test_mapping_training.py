@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from mrf_core.epg import simulate_fingerprints, simulate_fisp
 from mrf_core.mapping import load_model
 from mrf_core.mapping.parameters import ParameterSpace
 from mrf_core.mapping.table import FingerprintTable
 from mrf_core.mapping.training import TrainConfig, model_basis, train_model
-from mrf_core.sequence import default_schedule
+from mrf_core.physics.epg import simulate_fingerprints, simulate_fisp
+from mrf_core.physics.sequence import default_schedule
 
 SCHEDULE = default_schedule().truncated(100)
 SPACE = ParameterSpace((100.0, 3000.0), (20.0, 300.0))

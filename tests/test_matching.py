@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from mrf_core.dictionary import DictionaryError, build_dictionary, percent_grid
-from mrf_core.epg import simulate_fisp
-from mrf_core.matching import match
-from mrf_core.sequence import default_schedule
+from mrf_core.mapping.matching import match
+from mrf_core.physics.dictionary import DictionaryError, build_dictionary, percent_grid
+from mrf_core.physics.epg import simulate_fisp
+from mrf_core.physics.sequence import default_schedule
 
 
 @pytest.fixture(scope="module")

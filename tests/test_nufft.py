@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mrf_core.nufft import BACKENDS, Nufft, NufftError, backend_available
+from mrf_core.recon.nufft import BACKENDS, Nufft, NufftError, backend_available
 
 N = 16
 CPU_BACKENDS = [b for b in BACKENDS if b != "dft" and backend_available(b, "cpu")]

@@ -9,7 +9,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from mrf_core.phantoms import (
+from mrf_core.sim.phantoms import (
     B1_STEP,
     BRAIN_TISSUES,
     NIST_FILL_LABEL,

@@ -10,14 +10,14 @@ import h5py
 import numpy as np
 import pytest
 
-from mrf_core.map_images import MapFile
-from mrf_core.phantoms import Placement, nist_reference, nist_sphere_centres_mm
+from mrf_core.io.map_images import MapFile
 from mrf_core.qa import QAError
 from mrf_core.qa.analysis import QASettings, run_qa, saturation_warnings
 from mrf_core.qa.metrics import Tolerances, bland_altman_pct, lins_ccc, r_squared
 from mrf_core.qa.references import MeasurableRange, load_temperature_coefficients, nist_qa_reference
 from mrf_core.qa.roi import PixelGrid, roi_stats
 from mrf_core.qa.synthetic import nist_plate_maps, write_map_file
+from mrf_core.sim.phantoms import Placement, nist_reference, nist_sphere_centres_mm
 
 PLACEMENTS = [
     Placement(),

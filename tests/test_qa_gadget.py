@@ -16,11 +16,11 @@ import pytest
 from gadgets.in_process import InProcessConnection, configuration
 from gadgets.properties import read_properties
 from gadgets.qa import PROPERTIES, field_of, qa
-from mrf_core.map_images import ImageGeometry, image_meta, map_images
-from mrf_core.phantoms import Placement
+from mrf_core.io.map_images import ImageGeometry, image_meta, map_images
 from mrf_core.qa.synthetic import nist_plate_maps
 from mrf_core.qa.trends import TrendStore
-from mrf_core.wire.stream_config import load_stream_config
+from mrf_core.sim.phantoms import Placement
+from mrf_gadgetron.host.stream_config import load_stream_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config_xml"
 GEOMETRY = ImageGeometry(fov_mm=(300.0, 300.0, 5.0), position=(0.0, 0.0, 12.0))

@@ -13,13 +13,13 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from mrf_core.cli import main
-from mrf_core.phantoms import Placement
 from mrf_core.qa import QAError
 from mrf_core.qa.analysis import run_qa
 from mrf_core.qa.report import summary_rgb, write_report
 from mrf_core.qa.synthetic import nist_plate_maps, write_map_file
 from mrf_core.qa.trends import TrendStore, plot_trend, repeatability_cv_pct
+from mrf_core.sim.phantoms import Placement
+from mrf_gadgetron.cli import main
 
 PLACEMENT = Placement((6, -4), 12.0)
 

@@ -10,7 +10,7 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from mrf_core.rawio import (
+from mrf_core.io.rawio import (
     IndexMap,
     MrfRawFile,
     RawAcquisitionError,
@@ -19,9 +19,9 @@ from mrf_core.rawio import (
     validate_header,
     write_raw,
 )
-from mrf_core.sequence import FispSchedule
-from mrf_core.simulate import ScanSettings, SimulatedScan
-from mrf_core.trajectory import SpiralParams, design_spiral
+from mrf_core.physics.sequence import FispSchedule
+from mrf_core.recon.trajectory import SpiralParams, design_spiral
+from mrf_core.sim.simulate import ScanSettings, SimulatedScan
 
 
 def test_header_round_trip_carries_what_reconstruction_needs(sim_small_scan):

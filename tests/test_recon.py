@@ -9,10 +9,10 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from mrf_core.dictionary import build_dictionary, percent_grid
-from mrf_core.gather import GatherError, SliceGatherer
-from mrf_core.rawio import validate_header
-from mrf_core.recon import METHODS, ReconError, ReconSettings, kspace_coverage, reconstruct_slice
+from mrf_core.io.rawio import validate_header
+from mrf_core.physics.dictionary import build_dictionary, percent_grid
+from mrf_core.recon.gather import GatherError, SliceGatherer
+from mrf_core.recon.reconstruct import METHODS, ReconError, ReconSettings, kspace_coverage, reconstruct_slice
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +153,10 @@ def test_kspace_coverage():
 def nist_slice():
     """NIST T1 plate, 64 x 64, the Jiang schedule (1000 TRs), 1 of 48 interleaves per TR, 8 coils, SNR 40;
     a 10 % dictionary (rank 10) of that schedule."""
-    from mrf_core.phantoms import nist_phantom
-    from mrf_core.sequence import default_schedule
-    from mrf_core.simulate import ScanSettings, SimulatedScan
-    from mrf_core.trajectory import SpiralParams
+    from mrf_core.physics.sequence import default_schedule
+    from mrf_core.recon.trajectory import SpiralParams
+    from mrf_core.sim.phantoms import nist_phantom
+    from mrf_core.sim.simulate import ScanSettings, SimulatedScan
 
     phantom = nist_phantom("NiCl2", field_t=3.0, matrix=64, fov_mm=240.0)
     schedule = default_schedule()
@@ -192,7 +192,7 @@ def test_iterative_beats_backprojection_beats_gridding(nist_slice, nist_gridded)
     fingerprints (Ma 2013), back-projection and CG at rank 5 in the subspace."""
     from dataclasses import replace
 
-    from mrf_core.matching import match
+    from mrf_core.mapping.matching import match
 
     data, phantom, dictionary = nist_slice
     mask, errors = phantom.mask[0], {}

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from mrf_core.cli import main
+from mrf_gadgetron.cli import main
 from tests.test_wire import config_xml, test_gadget  # noqa: F401 (fixture)
 
 
@@ -63,7 +63,7 @@ def test_interrupted_replay_leaves_no_stage_process(sim_small_scan, test_gadget,
     """Ctrl-C: the replay stops its stages and exits 130; killed outright: the stages die with it."""
     config = tmp_path / "hang.xml"
     config.write_text(config_xml(("images", {"mode": "hang"})))
-    command = [sys.executable, "-m", "mrf_core", "replay", str(sim_small_scan[2]), "-c", str(config), "-o",
+    command = [sys.executable, "-m", "mrf_gadgetron", "replay", str(sim_small_scan[2]), "-c", str(config), "-o",
                str(tmp_path / "o.h5")]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -6,7 +6,7 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from mrf_core.sequence import FispSchedule, ScheduleError, default_schedule, load_schedule
+from mrf_core.physics.sequence import FispSchedule, ScheduleError, default_schedule, load_schedule
 
 
 def empty_header():

@@ -14,8 +14,8 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from mrf_core.wire.chain import ChainOptions
-from mrf_core.wire.messages import (
+from mrf_gadgetron.host.chain import ChainOptions
+from mrf_gadgetron.host.messages import (
     Limits,
     MessageId,
     MessageReader,
@@ -25,7 +25,7 @@ from mrf_core.wire.messages import (
     encode_item,
     encode_string,
 )
-from mrf_core.wire.server import MrfServer, ServerSettings
+from mrf_gadgetron.host.server import MrfServer, ServerSettings
 from tests.test_wire import acquisitions, config_xml, header, test_gadget  # noqa: F401 (fixture)
 
 
@@ -161,7 +161,7 @@ def test_mrf_serve_command_serves_until_stopped(tmp_path):
     import sys
 
     (tmp_path / "echo.xml").write_text(config_xml(("images", None)))
-    proc = subprocess.Popen([sys.executable, "-m", "mrf_core", "serve", "--port", "0", "--config-dir", str(tmp_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "mrf_gadgetron", "serve", "--port", "0", "--config-dir", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:

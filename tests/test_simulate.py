@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mrf_core.cli import main
-from mrf_core.coil_sim import CoilError, birdcage_sensitivities, noise_covariance
-from mrf_core.epg import simulate_fisp
-from mrf_core.phantoms import Phantom, brain_phantom, nist_phantom, pixel_coords_mm
-from mrf_core.rawio import TIMESTAMP_TICK_MS, MrfRawFile, write_raw
-from mrf_core.sequence import default_schedule
-from mrf_core.simulate import ScanSettings, SimulatedScan, SimulationSetupError, subspace_model
-from mrf_core.trajectory import SpiralParams, design_spiral, nufft_coords
+from mrf_core.io.rawio import TIMESTAMP_TICK_MS, MrfRawFile, write_raw
+from mrf_core.physics.epg import simulate_fisp
+from mrf_core.physics.sequence import default_schedule
+from mrf_core.recon.trajectory import SpiralParams, design_spiral, nufft_coords
+from mrf_core.sim.coil_sim import CoilError, birdcage_sensitivities, noise_covariance
+from mrf_core.sim.phantoms import Phantom, brain_phantom, nist_phantom, pixel_coords_mm
+from mrf_core.sim.simulate import ScanSettings, SimulatedScan, SimulationSetupError, subspace_model
+from mrf_gadgetron.cli import main
 
 
 def _fingerprints(schedule, t1, t2, b1):

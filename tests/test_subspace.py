@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mrf_core.nufft import backend_available
-from mrf_core.subspace import (
+from mrf_core.recon.nufft import backend_available
+from mrf_core.recon.subspace import (
     SubspaceOperator,
     SubspaceSampling,
     ToeplitzNormal,
@@ -16,7 +16,7 @@ from mrf_core.subspace import (
     llr_threshold,
     reduce_readouts,
 )
-from mrf_core.trajectory import SpiralParams, design_spiral
+from mrf_core.recon.trajectory import SpiralParams, design_spiral
 
 N, T, K, C = 32, 30, 3, 2
 BACKENDS = ["dft"] + [b for b in ("finufft", "sigpy") if backend_available(b)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from mrf_core.trajectory import (
+from mrf_core.recon.trajectory import (
     GAMMA_HZ_PER_T,
     GOLDEN_ANGLE_DEG,
     SpiralParams,

@@ -13,8 +13,8 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from mrf_core.wire.chain import ChainError, ChainOptions, run_chain
-from mrf_core.wire.messages import (
+from mrf_gadgetron.host.chain import ChainError, ChainOptions, run_chain
+from mrf_gadgetron.host.messages import (
     Limits,
     MessageId,
     MessageReader,
@@ -26,7 +26,7 @@ from mrf_core.wire.messages import (
     encode_item,
     encode_string,
 )
-from mrf_core.wire.stream_config import (
+from mrf_gadgetron.host.stream_config import (
     XML_DECLARATION,
     StreamConfigError,
     parse_stream_config,

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 import mrf_core
-from mrf_core.atomic_io import atomic_path
+from mrf_core.io.atomic import atomic_path
 from mrf_core.mapping.inputs import INPUT_KINDS
-from mrf_core.sequence import FispSchedule, ScheduleError
-from mrf_core.temporal_basis import TemporalBasis
+from mrf_core.physics.sequence import FispSchedule, ScheduleError
+from mrf_core.physics.temporal_basis import TemporalBasis
 
 FORMAT = "mrf-model"
 FORMAT_VERSION = 1

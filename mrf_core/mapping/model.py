@@ -1,6 +1,6 @@
 """A loaded mapping model: checks against a scan, and maps coefficients or time courses to T1/T2/PD.
 
-Output is a mrf_core.matching.MatchResult, so the gadgets treat a network and dictionary matching alike:
+Output is a mrf_core.mapping.matching.MatchResult, so the gadgets treat a network and dictionary matching alike:
 t1_ms, t2_ms (the network's estimate refined on the fingerprint table, mrf_core.mapping.refine; clamped to
 the trained ranges), b1 (NaN unless the model predicts it), pd (complex: the
 projection of the signal on the interpolated fingerprint of the predicted parameters, f^T x / |f|^2, in
@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from mrf_core.mapping.archive import ModelError, ModelMismatchError, basis_of, read_archive, schedule_of
+from mrf_core.mapping.matching import MatchResult
 from mrf_core.mapping.module import table_of
 from mrf_core.mapping.refine import DEFAULT_ITERATIONS, refine
-from mrf_core.matching import MatchResult
-from mrf_core.sequence import FispSchedule
-from mrf_core.temporal_basis import BasisError, TemporalBasis
+from mrf_core.physics.sequence import FispSchedule
+from mrf_core.physics.temporal_basis import BasisError, TemporalBasis
 
 DEFAULT_MODEL_FILE = "default_model.pt"
 _CHUNK_VOXELS = 16384  # voxels per forward pass: the MLP's activations stay ~10 MB

@@ -18,7 +18,7 @@ from torch import nn
 from mrf_core.mapping.inputs import InputTransform
 from mrf_core.mapping.parameters import OutputScaling
 from mrf_core.mapping.table import FingerprintTable
-from mrf_core.temporal_basis import TemporalBasis
+from mrf_core.physics.temporal_basis import TemporalBasis
 
 
 class MappingModule(nn.Module):

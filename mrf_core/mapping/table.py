@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mrf_core.epg import simulate_fingerprints
 from mrf_core.mapping.parameters import ParameterSpace
-from mrf_core.sequence import FispSchedule
-from mrf_core.temporal_basis import TemporalBasis
+from mrf_core.physics.epg import simulate_fingerprints
+from mrf_core.physics.sequence import FispSchedule
+from mrf_core.physics.temporal_basis import TemporalBasis
 
 DEFAULT_TABLE_NODES = 129
 DEFAULT_B1_NODES = 17

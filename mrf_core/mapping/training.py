@@ -2,7 +2,7 @@
 
 Recipe (`TrainConfig`, every field recorded in the archive):
 - tissues drawn from the ParameterSpace (log-uniform by default, T2 < T1), simulated once with the EPG
-  (50 states: exact to float32 for T2 <= ~200 ms, see mrf_core.epg), kept as real fingerprints for
+  (50 states: exact to float32 for T2 <= ~200 ms, see mrf_core.physics.epg), kept as real fingerprints for
   time-course models or as their subspace coefficients for coefficient models (rank `rank` of the SVD
   basis of a 5 % percent grid over the same ranges, or of `basis_dictionary`);
 - each batch drawn fresh: a random complex PD (amplitude 0.2-5, any phase) and complex Gaussian noise at an
@@ -27,16 +27,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mrf_core.dictionary import Dictionary, build_dictionary, percent_grid
-from mrf_core.epg import default_device, simulate_fingerprints
 from mrf_core.mapping.architectures import ARCHITECTURES, build_network
 from mrf_core.mapping.archive import write_archive
 from mrf_core.mapping.inputs import InputTransform, channels_of, reference_of
 from mrf_core.mapping.module import MappingModule
 from mrf_core.mapping.parameters import ParameterSpace
 from mrf_core.mapping.table import DEFAULT_TABLE_NODES, FingerprintTable
-from mrf_core.sequence import FispSchedule
-from mrf_core.temporal_basis import TemporalBasis
+from mrf_core.physics.dictionary import Dictionary, build_dictionary, percent_grid
+from mrf_core.physics.epg import default_device, simulate_fingerprints
+from mrf_core.physics.sequence import FispSchedule
+from mrf_core.physics.temporal_basis import TemporalBasis
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mrf_core.map_images import USHORT_MAX, MapFile, read_map_file
-from mrf_core.maps import MapsError
-from mrf_core.phantoms import NIST_ARRAYS, NIST_RING_RADIUS_MM, NIST_SPHERE_RADIUS_MM
+from mrf_core.io.map_images import USHORT_MAX, MapFile, read_map_file
+from mrf_core.mapping.maps import MapsError
 from mrf_core.qa import QAError
 from mrf_core.qa.metrics import Evaluation, Tolerances, evaluate
 from mrf_core.qa.references import (
@@ -37,6 +36,7 @@ from mrf_core.qa.references import (
 )
 from mrf_core.qa.roi import PixelGrid, RoiStats, eroded_radius_mm, sphere_stats
 from mrf_core.qa.spheres import MIN_SPHERES_FOUND, SCALE_RANGE, SphereLayout, foreground, locate_spheres
+from mrf_core.sim.phantoms import NIST_ARRAYS, NIST_RING_RADIUS_MM, NIST_SPHERE_RADIUS_MM
 
 log = logging.getLogger(__name__)
 

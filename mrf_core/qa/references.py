@@ -1,6 +1,6 @@
 """Reference T1/T2 of the NIST spheres for a scan, and which spheres a FISP-MRF sequence can measure.
 
-Values: the shipped 20 C table (mrf_core.phantoms.nist_reference): batch 1 at 1.5 and 3 T, batch 2 at
+Values: the shipped 20 C table (mrf_core.sim.phantoms.nist_reference): batch 1 at 1.5 and 3 T, batch 2 at
 3 T. Temperature: the table holds no temperature dependence, so a scan at another temperature is compared
 with the 20 C values and flagged, unless the user gives coefficients (CSV `array,sphere,quantity,
 pct_per_C`, e.g. from the phantom's certificate), which correct linearly:
@@ -26,8 +26,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mrf_core.phantoms import NIST_ARRAYS, PhantomError, nist_reference
 from mrf_core.qa import QAError
+from mrf_core.sim.phantoms import NIST_ARRAYS, PhantomError, nist_reference
 
 REFERENCE_TEMPERATURE_C = 20.0
 ARRAY_ALIASES = {"t1": "NiCl2", "t2": "MnCl2", "nicl2": "NiCl2", "mncl2": "MnCl2"}

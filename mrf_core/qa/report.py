@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrf_core.atomic_io import atomic_write_text, check_writable
+from mrf_core.io.atomic import atomic_write_text, check_writable
 from mrf_core.qa.analysis import QAResult
 from mrf_core.qa.metrics import QUANTITY_LABELS
 from mrf_core.qa.references import QUANTITIES

@@ -1,7 +1,7 @@
 """Pixel grids in mm and ROI statistics per sphere.
 
 Pixel (row i, column j) of an (ny, nx) map sits at x = (j - nx//2) * dx_mm, y = (i - ny//2) * dy_mm, the
-convention of mrf_core.phantoms, so detected positions compare directly with a simulation's placement.
+convention of mrf_core.sim.phantoms, so detected positions compare directly with a simulation's placement.
 An ROI is a disc around a sphere centre, eroded (smaller than the sphere by `erosion_mm`) so that
 partial-volume voxels at the sphere wall and a slightly misplaced centre do not bias the statistics.
 Statistics use the mapped (finite) voxels; unmapped ones are counted.

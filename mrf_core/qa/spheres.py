@@ -3,7 +3,7 @@
 1. Blobs: connected components of the map's foreground (PD above a fraction of its 99th percentile, or
    every mapped T1 voxel) whose area fits a 15 mm sphere at a scale of 0.7-1.4 and that are roughly
    round. The bulk-water ring and noise specks fail the area test.
-2. Template fit: every pair of blobs against every pair of template spheres (mrf_core.phantoms layout)
+2. Template fit: every pair of blobs against every pair of template spheres (mrf_core.sim.phantoms layout)
    proposes a similarity transform q = z p + t (complex: z = scale * exp(i rotation)); the proposal
    that puts most template spheres on a blob wins, and a least-squares fit over those pairs refines it.
    Missing blobs (an unmapped short-T2 sphere) cost nothing but a vote.
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from mrf_core.phantoms import NIST_SPHERE_RADIUS_MM, nist_sphere_centres_mm
 from mrf_core.qa import QAError
 from mrf_core.qa.roi import PixelGrid
+from mrf_core.sim.phantoms import NIST_SPHERE_RADIUS_MM, nist_sphere_centres_mm
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Blob:
 @dataclass(frozen=True)
 class SphereLayout:
     """Where the spheres are: sphere -> centre (x, y) mm, whether a blob was found there, and the
-    similarity transform object -> scanner (rotation turning +x towards +y, as mrf_core.phantoms.Placement,
+    similarity transform object -> scanner (rotation turning +x towards +y, as mrf_core.sim.phantoms.Placement,
     applied after a mirror y -> -y when mirrored)."""
 
     centres_mm: dict[int, tuple[float, float]]

@@ -1,6 +1,6 @@
 """Maps of a NIST plate with known errors: QA's own test object.
 
-The truth of a simulated plate (mrf_core.phantoms) with every sphere's T1/T2 multiplied by
+The truth of a simulated plate (mrf_core.sim.phantoms) with every sphere's T1/T2 multiplied by
 (1 + error_pct / 100) and optional Gaussian noise (relative std), written as a map file in the client
 layout. QA run on it must report exactly the errors put in, wherever the plate was placed; tests and
 the QA gadget's self-check use it.
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mrf_core.map_images import ImageGeometry, map_images, write_images
-from mrf_core.maps import QuantitativeMaps
-from mrf_core.phantoms import Phantom, Placement, nist_phantom
+from mrf_core.io.map_images import ImageGeometry, map_images, write_images
+from mrf_core.mapping.maps import QuantitativeMaps
 from mrf_core.qa.references import array_name
+from mrf_core.sim.phantoms import Phantom, Placement, nist_phantom
 
 
 def nist_plate_maps(

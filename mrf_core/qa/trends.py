@@ -228,7 +228,7 @@ def repeatability_cv_pct(points: list[TrendPoint]) -> float:
 def plot_trend(store: TrendStore, array: str, field_t: float, quantity: str, path: str | Path) -> int:
     """One panel per sphere: measured value over scans, reference line and tolerance band; returns the
     number of scans plotted (an error when there are none)."""
-    from mrf_core.atomic_io import atomic_path
+    from mrf_core.io.atomic import atomic_path
     from mrf_core.qa.report import EXCLUDED_COLOUR, FAIL_COLOUR, PASS_COLOUR, _pyplot
 
     series = store.series(array, field_t, quantity)

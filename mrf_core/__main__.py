@@ -1,5 +1,0 @@
-import sys
-
-from mrf_core.cli import main
-
-sys.exit(main())

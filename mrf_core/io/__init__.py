@@ -1,0 +1,1 @@
+"""Files: ISMRMRD raw data in and out, map and coefficient images, atomic writes."""

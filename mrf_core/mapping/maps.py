@@ -1,0 +1,125 @@
+"""Quantitative maps of one slice, and the table of quantities the product emits.
+
+Whatever maps the coefficient images (dictionary matching or a network) ends in a `QuantitativeMaps`;
+the image writer (mrf_core.io.map_images), the gadgets and QA read only this. Unmapped voxels (outside the
+object mask, or failed) are NaN here; images carry them as 0, which scanner viewers display as background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class MapsError(ValueError):
+    """Maps of the wrong shape or kind: the message names the field and value."""
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """One emitted map: its attribute name, the scanner's name for it, its unit, its series offset, the
+    display window (centre, width) in its unit, and the ushort scale ratio (stored = value * ratio)."""
+
+    key: str
+    role: str
+    unit: str
+    series_offset: int
+    window: tuple[float, float] | None  # None: from the data (percentiles)
+    ushort_ratio: float | None  # None: from the data (maximum -> 4095)
+
+
+QUANTITIES: tuple[Quantity, ...] = (
+    Quantity("t1_ms", "T1", "ms", 0, (1500.0, 3000.0), 1.0),
+    Quantity("t2_ms", "T2", "ms", 1, (150.0, 300.0), 1.0),
+    Quantity("pd", "PD", "a.u.", 2, None, None),
+    Quantity("b1", "B1", "relative", 3, (1.0, 1.0), 1000.0),
+    Quantity("quality", "MatchQuality", "correlation", 4, (0.5, 1.0), 1000.0),
+)
+QUANTITY_BY_KEY = {q.key: q for q in QUANTITIES}
+QUANTITY_BY_ROLE = {q.role: q for q in QUANTITIES}
+PD_FRACTION = 0.1  # maps keep voxels whose |PD| exceeds this fraction of the 99th percentile (from_match)
+
+
+@dataclass(frozen=True)
+class QuantitativeMaps:
+    """Maps of one slice, each float32 (ny, nx); NaN where unmapped. pd is the magnitude of the complex
+    proton density (arbitrary units), quality the normalised correlation of signal and matched fingerprint,
+    b1 None unless the mapper estimated it. mapper names what made them ('dictionary', 'network')."""
+
+    slice_index: int
+    t1_ms: np.ndarray
+    t2_ms: np.ndarray
+    pd: np.ndarray
+    quality: np.ndarray
+    mapper: str
+    b1: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        shape = self.t1_ms.shape
+        if len(shape) != 2:
+            raise MapsError(f"t1_ms has shape {shape}: maps are 2-D (ny, nx)")
+        for key, value in self.arrays().items():
+            if value.shape != shape:
+                raise MapsError(f"{key} has shape {value.shape}, t1_ms has {shape}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.t1_ms.shape
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Voxels that were mapped."""
+        return np.isfinite(self.t1_ms) & np.isfinite(self.t2_ms)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The maps present, by quantity key, in QUANTITIES order."""
+        return {q.key: getattr(self, q.key) for q in QUANTITIES if getattr(self, q.key) is not None}
+
+    @classmethod
+    def from_match(
+        cls, result, shape: tuple[int, int], slice_index: int, mapper: str, mask: np.ndarray | None = None,
+        pd_fraction: float = PD_FRACTION,
+    ) -> QuantitativeMaps:
+        """Maps from a MatchResult-like object (t1_ms, t2_ms, b1, pd complex, score), any layout of
+        ny*nx voxels; voxels outside `mask`, unmatched, or with |PD| at most pd_fraction of the 99th
+        percentile of the kept voxels' |PD| become NaN. The PD test drops the faint copies of an object's
+        signal that locally-low-rank regularisation leaves in empty voxels next to it: they match the
+        object's T1/T2 at a PD of a few %. b1 is kept only where it is finite somewhere, i.e. the mapper
+        estimated it."""
+        n_voxels = int(np.prod(shape))
+        if np.size(result.t1_ms) != n_voxels:
+            raise MapsError(f"{mapper} result has {np.size(result.t1_ms)} voxels, the slice {shape} has {n_voxels}")
+        keep = np.isfinite(np.reshape(result.t1_ms, shape))
+        if mask is not None:
+            keep &= np.asarray(mask, dtype=bool).reshape(shape)
+        pd_magnitude = np.abs(np.reshape(result.pd, shape))
+        if pd_fraction > 0 and keep.any():
+            keep &= pd_magnitude > pd_fraction * np.percentile(pd_magnitude[keep], 99.0)
+
+        def field(values) -> np.ndarray:
+            return np.where(keep, np.reshape(values, shape), np.nan).astype(np.float32)
+
+        b1 = np.reshape(result.b1, shape)
+        return cls(
+            slice_index=slice_index,
+            t1_ms=field(result.t1_ms),
+            t2_ms=field(result.t2_ms),
+            pd=field(pd_magnitude),
+            quality=field(result.score),
+            mapper=mapper,
+            b1=field(b1) if np.isfinite(b1[keep]).any() else None,
+        )
+
+
+def object_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """Voxels of a (time-average) image brighter than `fraction` of its 99th-percentile magnitude: the
+    object, so that background noise is not mapped into random T1/T2. All-zero images give an empty mask."""
+    magnitude = np.abs(np.asarray(image))
+    if not 0.0 < fraction < 1.0:
+        raise MapsError(f"mask fraction = {fraction} must be in (0, 1)")
+    finite = magnitude[np.isfinite(magnitude)]
+    if finite.size == 0:
+        return np.zeros(magnitude.shape, dtype=bool)
+    reference = np.percentile(finite, 99.0)
+    return np.isfinite(magnitude) & (magnitude > fraction * reference) & (reference > 0)

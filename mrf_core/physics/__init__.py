@@ -1,0 +1,1 @@
+"""Physics: the FISP-MRF schedule, the EPG simulator, dictionaries and their SVD temporal basis."""

@@ -1,0 +1,405 @@
+"""Reconstruction of one MRF slice: raw readouts -> K temporal-subspace coefficient images.
+
+Pipeline (`reconstruct_slice`; stage names are the keys of ReconResult.timings_s):
+  validate   shapes, finite values, trajectory range (|k| <= matrix/2 in cycles/FOV), k-space coverage of
+             the interleaves, all-zero readouts (dropped from the data, noted; all zero is an error)
+  prewhiten  noise covariance from the noise scans -> whitening matrix (none: noted, identity)
+  reduce     one pass over the readouts: per interleave, the sums weighted by the basis rows and the mean
+             (mrf_core.recon.subspace.reduce_readouts); the raw data are not touched again
+  compress   SVD coil compression of the whitened, reduced data to n_virtual_coils
+  coil_maps  coil images of the per-interleave mean (the time average, fully sampled over the TRs) ->
+             sensitivities ("lowres" or "espirit", mrf_core.recon.coils) and the combined time-average image
+  adjoint    A^H W y from the reduced data
+  psf        Toeplitz PSF kernels (cg, llr; cached on disk with psf_cache_dir)
+  iterations CG or FISTA iterations on the Toeplitz normal operator
+  gridding   (gridding only) per-readout adjoint NUFFTs
+
+Methods (METHODS):
+- "gridding" (Ma 2013): every time point gridded on its own (single-interleave density compensation,
+  coil maps combine the coils), giving the full time series (ReconResult.time_series, T x N x N); the
+  coefficients are its projection onto the basis. Matching the time series in time is the baseline.
+  Because gridding is linear, the projection of the gridded series onto a basis equals the
+  back-projection with that basis: matching in time equals matching in the dictionary's full SVD
+  subspace (up to its residual energy), which is how the CLI and the benchmark match it at 256^2.
+- "backprojection" (SVD-MRF, McGivney 2014): A^H W y scaled by the inverse of its expected gain,
+  (N^2 / J sum_j G_j)^-1 (G_j the basis Gram matrix of interleave j's readouts, J interleaves).
+- "cg": least squares min ||W^(1/2) (A c - y)||^2 (+ lambda_l2 ||c||^2, relative to that gain) by
+  conjugate gradients on the Toeplitz normal equations, started from the back-projection.
+- "llr": the same data term plus llr_lambda x the sum of nuclear norms of block x block x K Casorati
+  blocks (FISTA, random block shifts), llr_lambda relative to the largest block singular value of the
+  back-projection, started from the back-projection.
+W is the DCF when dcf_weighting (a preconditioner), else 1.
+
+Scale: coefficients are in whitened-channel units of A^H W y / N^2 with coil maps of unit RSS, so the
+time-average image and the coefficients share a scale; PD from matching is relative.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from mrf_core.physics.temporal_basis import TemporalBasis
+from mrf_core.recon.coils import COIL_METHODS, combine_coils, compression_matrix, estimate_coil_maps, noise_whitening
+from mrf_core.recon.gather import SliceData
+from mrf_core.recon.nufft import BACKENDS, DEFAULT_THREADS, Nufft, backend_available
+from mrf_core.recon.subspace import (
+    SubspaceOperator,
+    SubspaceSampling,
+    ToeplitzNormal,
+    conjugate_gradient,
+    fista_llr,
+    mix_channels,
+    reduce_readouts,
+)
+
+log = logging.getLogger(__name__)
+
+METHODS = ("gridding", "backprojection", "cg", "llr")
+_K_EDGE_TOLERANCE = 1.01  # trajectories may overshoot matrix/2 by 1 % (rounding of the last sample)
+_COVERAGE_CELLS = 16  # k-space coverage is checked on a 16 x 16 grid of cells
+_COVERAGE_RADIUS = 0.95  # ... inside this fraction of matrix/2
+_COMPRESSION_SAMPLES = 200_000
+# Measured on the NIST plates (256^2, 1000 TRs; README): CG semi-converges (T2 error grows after ~5
+# iterations: noise and the subspace model error); LLR at rank 10, lambda 1.2 needs 30 iterations for the
+# short-T1 spheres (T1 45-126 ms: 10 iterations leave them 30-70 % high, 20 up to 6 %, 30 within 4 %).
+DEFAULT_ITERATIONS = {"cg": 5, "llr": 30}
+
+
+class ReconError(ValueError):
+    """Data or settings a reconstruction cannot use: the message names the slice, field and value."""
+
+
+@dataclass(frozen=True)
+class ReconSettings:
+    """How to reconstruct a slice (module docstring). rank: truncate the given basis to this many
+    components (None: use it whole; the default model's and dictionary's bases have rank 10);
+    n_virtual_coils: None or >= the channel count skips compression; n_iterations None: DEFAULT_ITERATIONS
+    of the method; coverage_min: fraction of the k-space disc the interleaves must reach (else ReconError).
+    Defaults measured with benchmarks/bench_qa.py --sweep and benchmarks/bench_recon.py (README): llr at
+    rank 10, lambda 1.2, 30 iterations is the one setting tried that puts every measurable NIST sphere
+    within 5 % (rank 5 leaves the short-T1 spheres 14-28 % high); lowres coil maps match ESPIRiT's map
+    error at a fraction of its time; finufft is 3-4x faster than sigpy."""
+
+    method: str = "llr"
+    rank: int | None = None
+    n_virtual_coils: int | None = 8
+    coil_method: str = "lowres"
+    coil_calibration_cycles: float = 24.0
+    coil_mask_threshold: float = 0.05
+    nufft_backend: str = "finufft"
+    nufft_eps: float = 1e-4
+    n_iterations: int | None = None
+    tolerance: float = 1e-4
+    dcf_weighting: bool = True
+    lambda_l2: float = 0.0
+    llr_lambda: float = 1.2
+    llr_block: int = 8
+    device: str = "cpu"
+    n_threads: int = DEFAULT_THREADS
+    psf_cache_dir: str | None = None
+    coverage_min: float = 0.95
+
+    def __post_init__(self) -> None:
+        choices = (("method", METHODS), ("coil_method", COIL_METHODS), ("nufft_backend", BACKENDS))
+        for name, allowed in choices:
+            if getattr(self, name) not in allowed:
+                raise ReconError(f"{name} = {getattr(self, name)!r} must be one of {', '.join(allowed)}")
+        checks = (
+            ("rank", self.rank is None or self.rank >= 1),
+            ("n_virtual_coils", self.n_virtual_coils is None or self.n_virtual_coils >= 1),
+            ("coil_calibration_cycles", self.coil_calibration_cycles > 0),
+            ("coil_mask_threshold", 0 <= self.coil_mask_threshold < 1),
+            ("nufft_eps", 1e-7 <= self.nufft_eps <= 1e-1),
+            ("n_iterations", self.n_iterations is None or self.n_iterations >= 1),
+            ("tolerance", self.tolerance >= 0), ("lambda_l2", self.lambda_l2 >= 0),
+            ("llr_lambda", self.llr_lambda >= 0), ("llr_block", self.llr_block >= 2),
+            ("n_threads", self.n_threads >= 1), ("coverage_min", 0 <= self.coverage_min <= 1),
+        )
+        for name, ok in checks:
+            if not ok:
+                raise ReconError(f"{name} = {getattr(self, name)!r} is out of range")
+        if self.method == "llr" and self.llr_lambda <= 0:
+            raise ReconError("method 'llr' needs llr_lambda > 0")
+
+    @property
+    def iterations(self) -> int:
+        """n_iterations, or the method's measured default (DEFAULT_ITERATIONS)."""
+        return self.n_iterations if self.n_iterations is not None else DEFAULT_ITERATIONS.get(self.method, 0)
+        if not backend_available(self.nufft_backend, self.device):
+            raise ReconError(f"nufft backend {self.nufft_backend!r} on device {self.device!r} is not available here")
+
+
+@dataclass
+class ReconResult:
+    """Coefficients (K, N, N) complex64 in `basis`; time_average (N, N) complex64 coil-combined; coil_maps
+    (V, N, N) of the virtual coils; time_series (T, N, N) only from "gridding"; timings_s per stage;
+    convergence: relative residual (cg) or relative change (llr) per iteration; notes: fallbacks taken."""
+
+    coefficients: np.ndarray
+    basis: TemporalBasis
+    time_average: np.ndarray
+    coil_maps: np.ndarray | None
+    timings_s: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    time_series: np.ndarray | None = None
+    convergence: list[float] = field(default_factory=list)
+    method: str = ""
+
+
+class _Clock:
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
+
+    def total(self) -> dict[str, float]:
+        return {**self.timings, "total": time.perf_counter() - self._start}
+
+
+def _note(notes: list[str], text: str) -> None:
+    notes.append(text)
+    log.warning(text)
+
+
+# ---- input checks -----------------------------------------------------------------------------------
+def _basis_for(basis: TemporalBasis, data: SliceData, settings: ReconSettings) -> TemporalBasis:
+    if basis.schedule_hash != data.schedule.hash:
+        raise ReconError(f"slice {data.slice_index}: the basis was made for schedule hash {basis.schedule_hash}, "
+                         f"the scan's schedule is {data.schedule.hash} ({data.schedule.n_timepoints} TRs)")
+    if basis.n_timepoints != data.schedule.n_timepoints:
+        raise ReconError(f"slice {data.slice_index}: basis has {basis.n_timepoints} time points, the schedule "
+                         f"{data.schedule.n_timepoints}")
+    if settings.rank is None:
+        return basis
+    if settings.rank > basis.rank:
+        raise ReconError(f"rank = {settings.rank} exceeds the basis' rank {basis.rank}")
+    return basis.truncated(settings.rank)
+
+
+def kspace_coverage(traj: np.ndarray, matrix: int) -> float:
+    """Fraction of the k-space disc (cells of matrix/16 cycles/FOV inside 0.95 matrix/2) holding a sample."""
+    cell = matrix / _COVERAGE_CELLS
+    pts = np.asarray(traj, dtype=np.float64).reshape(-1, 2)
+    idx = np.clip(np.floor((pts + matrix / 2.0) / cell).astype(np.int64), 0, _COVERAGE_CELLS - 1)
+    occupied = np.zeros((_COVERAGE_CELLS, _COVERAGE_CELLS), dtype=bool)
+    occupied[idx[:, 1], idx[:, 0]] = True
+    centres = (np.arange(_COVERAGE_CELLS) + 0.5) * cell - matrix / 2.0
+    inside = np.hypot(centres[:, None], centres[None, :]) + cell / math.sqrt(2) <= _COVERAGE_RADIUS * matrix / 2
+    return float(occupied[inside].mean())
+
+
+def _check_slice(data: SliceData, basis: TemporalBasis, settings: ReconSettings, notes: list[str]) -> np.ndarray:
+    """Readouts to use (bool (R,)), or ReconError for data that cannot make an image."""
+    where = f"slice {data.slice_index}"
+    if data.kspace.ndim != 3:
+        raise ReconError(f"{where}: kspace has shape {data.kspace.shape}, expected (readouts, coils, samples)")
+    n_r, _, n_s = data.kspace.shape
+    expected = {"traj": (n_r, n_s, 2), "dcf": (n_r, n_s), "interleave": (n_r,), "timepoint": (n_r,)}
+    for name, shape in expected.items():
+        if np.shape(getattr(data, name)) != shape:
+            raise ReconError(f"{where}: {name} has shape {np.shape(getattr(data, name))}, expected {shape}")
+    if data.timepoint.min() < 0 or data.timepoint.max() >= basis.n_timepoints:
+        raise ReconError(f"{where}: time points reach {int(data.timepoint.max())}, outside [0, {basis.n_timepoints})")
+    for name in ("kspace", "traj", "dcf"):
+        if not np.all(np.isfinite(getattr(data, name))):
+            raise ReconError(f"{where}: {name} has non-finite values")
+    if np.any(data.dcf < 0):
+        raise ReconError(f"{where}: dcf has negative weights")
+    k_edge = data.matrix / 2.0
+    reach = float(np.sqrt((data.traj.astype(np.float64) ** 2).sum(-1)).max())
+    if reach > _K_EDGE_TOLERANCE * k_edge or reach < 0.25 * k_edge:
+        raise ReconError(f"{where}: trajectory reaches |k| = {reach:.4g}; expected cycles/FOV up to matrix/2 = "
+                         f"{k_edge:g}")
+    nonzero = np.any(data.kspace.reshape(n_r, -1) != 0, axis=1)
+    if not nonzero.any():
+        raise ReconError(f"{where}: all {n_r} readouts are zero")
+    if not nonzero.all():
+        _note(notes, f"{where}: {n_r - int(nonzero.sum())} of {n_r} readouts are all zero: left out of the data")
+    _, first = np.unique(data.interleave[nonzero], return_index=True)
+    coverage = kspace_coverage(data.traj[nonzero][first], data.matrix)
+    if coverage < settings.coverage_min:
+        raise ReconError(f"{where}: the interleaves do not cover k-space: only {100 * coverage:.0f} % of the disc "
+                         f"(cells of matrix/16 inside 0.95 x matrix/2) has a sample, < "
+                         f"{100 * settings.coverage_min:.0f} %")
+    return nonzero
+
+
+# ---- pipeline ---------------------------------------------------------------------------------------
+def reconstruct_slice(data: SliceData, basis: TemporalBasis, settings: ReconSettings = ReconSettings(),
+                      progress: bool = False) -> ReconResult:
+    """Coefficient images of one slice by `settings.method` (module docstring). BLAS runs single-threaded
+    here: the stages' matrix products are small, and on a busy 2-core machine OpenBLAS's threads took up to
+    27 s for a 0.1 s stage (measured); finufft and the FFTs use settings.n_threads."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _reconstruct(data, basis, settings, progress)
+
+
+def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings, progress: bool) -> ReconResult:
+    clock, notes = _Clock(), list(data.notes)
+    basis = _basis_for(basis, data, settings)
+    s = settings
+    with clock("validate"):
+        keep = _check_slice(data, basis, s, notes)
+        rows = slice(None) if keep.all() else keep
+        sampling, note = SubspaceSampling.from_readouts(data.traj[rows], data.dcf[rows], data.timepoint[rows],
+                                                        data.interleave[rows], data.matrix)
+        if note:
+            notes.append(note)
+        kspace = data.kspace[rows]
+    n, n_coils, rank = data.matrix, data.n_coils, basis.rank
+    with clock("prewhiten"):
+        whitening = _whitening(data, notes)
+    with clock("reduce"):
+        counts = np.bincount(sampling.group, minlength=sampling.n_interleaves)
+        weights = np.concatenate([sampling.readout_weights(basis.vectors),
+                                  (1.0 / counts[sampling.group])[:, None].astype(np.float32)], axis=1)
+        if s.method == "gridding":
+            weights = weights[:, -1:]
+        z = reduce_readouts(kspace, sampling, weights)  # (K + 1 (or 1), C, J, S)
+    with clock("compress"):
+        z = mix_channels(whitening, z)
+        coils = _compression(z, s.n_virtual_coils, notes)
+        if coils is not None:
+            z = mix_channels(coils, z)
+            whitening = coils @ whitening
+    nufft = Nufft(sampling.traj, n, backend=s.nufft_backend, eps=s.nufft_eps, n_threads=s.n_threads,
+                  device=s.device)
+    with clock("coil_maps"):
+        mean = z[-1] * sampling.dcf  # (V, J, S)
+        coil_images = nufft.adjoint(mean.reshape(mean.shape[0], -1)) / np.float32(n * n)
+        if n_coils == 1:
+            _note(notes, f"slice {data.slice_index}: one receive channel: its coil map is the phase of its "
+                  "low-resolution image on the object")
+        maps = estimate_coil_maps(coil_images, s.coil_method, s.coil_calibration_cycles, s.coil_mask_threshold,
+                                  s.device)
+        time_average = _combined(coil_images, maps)
+    if s.method == "gridding":
+        with clock("gridding"):
+            series = _grid_time_series(kspace, sampling, whitening, maps, basis.n_timepoints, s, progress)
+            coefficients = basis.project(np.moveaxis(series, 0, -1)).transpose(2, 0, 1)
+        return ReconResult(np.ascontiguousarray(coefficients, dtype=np.complex64), basis, time_average, maps,
+                           clock.total(), notes, time_series=series, method=s.method)
+
+    op = SubspaceOperator(sampling, basis.vectors, maps, basis.signal_phase, nufft=nufft)
+    with clock("adjoint"):
+        rhs = op.adjoint_reduced(z[:rank], weighted=s.dcf_weighting)
+        gain = _expected_gain(sampling, basis, n, s.dcf_weighting)
+        backprojection = np.einsum("kl,lij->kij", np.linalg.inv(gain), rhs).astype(np.complex64)
+    convergence: list[float] = []
+    if s.method == "backprojection":
+        coefficients = backprojection
+    else:
+        with clock("psf"):
+            normal = ToeplitzNormal.compute(sampling, basis.vectors, weighted=s.dcf_weighting,
+                                            backend=s.nufft_backend, eps=s.nufft_eps, n_threads=s.n_threads,
+                                            device=s.device, cache_dir=s.psf_cache_dir)
+        with clock("iterations"), tqdm(total=s.iterations, desc=f"{s.method} slice {data.slice_index}",
+                                       unit="it", disable=not progress) as bar:
+            def apply(c):
+                return normal.apply(c, maps)
+
+            def step(_):
+                bar.update()
+
+            if s.method == "cg":
+                scale = float(np.trace(gain)) / rank
+                coefficients, record = conjugate_gradient(apply, rhs, s.iterations, x0=backprojection,
+                                                          tolerance=s.tolerance, lambda_l2=s.lambda_l2 * scale,
+                                                          callback=step)
+            else:
+                threshold = s.llr_lambda * _largest_block_value(backprojection, s.llr_block)
+                coefficients, record = fista_llr(apply, rhs, s.iterations, threshold, s.llr_block,
+                                                 x0=backprojection, callback=step)
+            convergence = record.values
+    return ReconResult(np.ascontiguousarray(coefficients, dtype=np.complex64), basis, time_average, maps,
+                       clock.total(), notes, convergence=convergence, method=s.method)
+
+
+def _whitening(data: SliceData, notes: list[str]) -> np.ndarray:
+    where = f"slice {data.slice_index}"
+    noise = data.noise
+    if noise is None or noise.size == 0:
+        _note(notes, f"{where}: no noise scans: channels are not prewhitened")
+        return np.eye(data.n_coils, dtype=np.complex64)
+    if noise.shape[0] != data.n_coils:
+        _note(notes, f"{where}: noise scans have {noise.shape[0]} channels, the readouts {data.n_coils}: "
+              "channels are not prewhitened")
+        return np.eye(data.n_coils, dtype=np.complex64)
+    matrix, note = noise_whitening(noise)
+    if note:
+        notes.append(f"{where}: {note}")
+    return matrix
+
+
+def _compression(z: np.ndarray, n_virtual: int | None, notes: list[str]) -> np.ndarray | None:
+    """The compression matrix from the reduced, whitened data (M, C, J, S): every component's samples
+    (strided to at most _COMPRESSION_SAMPLES per channel; the channel covariance needs no more)."""
+    n_coils = z.shape[1]
+    if n_virtual is None or n_virtual >= n_coils:
+        return None
+    samples = np.ascontiguousarray(z.transpose(1, 0, 2, 3)).reshape(n_coils, -1)
+    step = max(1, samples.shape[1] // _COMPRESSION_SAMPLES)
+    matrix, kept = compression_matrix(samples[:, ::step], n_virtual)
+    log.info("coil compression %d -> %d keeps %.2f %% of the energy", n_coils, n_virtual, 100 * kept)
+    return matrix
+
+
+def _combined(coil_images: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    weight = np.sum(np.abs(maps) ** 2, axis=0)
+    combined = combine_coils(coil_images, maps)
+    return np.where(weight > 0, combined / np.where(weight > 0, weight, 1.0), 0).astype(np.complex64)
+
+
+def _expected_gain(sampling: SubspaceSampling, basis: TemporalBasis, n: int, weighted: bool) -> np.ndarray:
+    """K x K gain of A^H W A on a smooth image: N^2 / J sum_j G_j with the DCF (each interleave carries
+    1/J of the full set's unit response), sum_j (sum_s 1) G_j without."""
+    gram = sampling.gram_per_interleave(basis.vectors)
+    if weighted:
+        return gram.sum(axis=0) * (n * n / sampling.n_interleaves)
+    return gram.sum(axis=0) * sampling.n_samples
+
+
+def _largest_block_value(coefficients: np.ndarray, block: int) -> float:
+    rank, n, _ = coefficients.shape
+    m = n // block * block
+    tiles = coefficients[:, :m, :m].reshape(rank, m // block, block, m // block, block).transpose(1, 3, 2, 4, 0)
+    return float(np.linalg.svd(tiles.reshape(-1, block * block, rank), compute_uv=False).max())
+
+
+def _grid_time_series(kspace: np.ndarray, sampling: SubspaceSampling, coils: np.ndarray, maps: np.ndarray,
+                      n_timepoints: int, s: ReconSettings, progress: bool) -> np.ndarray:
+    """Per-time-point images (T, N, N) complex64: each readout gridded with its interleave's density
+    (the union DCF x J), coils combined, readouts of one time point averaged."""
+    n = sampling.matrix
+    series = np.zeros((n_timepoints, n, n), dtype=np.complex64)
+    per_timepoint = np.bincount(sampling.timepoint, minlength=n_timepoints)
+    order = np.argsort(sampling.group, kind="stable")
+    bounds = np.searchsorted(sampling.group[order], np.arange(sampling.n_interleaves + 1))
+    scale = np.float32(sampling.n_interleaves / (n * n))
+    for j in tqdm(range(sampling.n_interleaves), desc="gridding", unit="interleave", disable=not progress):
+        rows = order[bounds[j]:bounds[j + 1]]
+        if rows.size == 0:
+            continue
+        y = np.einsum("vc,rcs->rvs", coils, kspace[rows], optimize=True) * (sampling.dcf[j] * scale)
+        op = Nufft(sampling.traj[j], n, backend=s.nufft_backend, eps=s.nufft_eps, n_threads=s.n_threads,
+                   device=s.device)
+        images = combine_coils(op.adjoint(y), maps)  # (n_j, N, N)
+        t = sampling.timepoint[rows]
+        np.add.at(series, t, images / per_timepoint[t][:, None, None].astype(np.float32))
+    return series

@@ -1,0 +1,1 @@
+"""Simulation: phantoms, receive coils, and the spiral MRF raw-data simulator."""

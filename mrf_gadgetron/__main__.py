@@ -1,0 +1,5 @@
+import sys
+
+from mrf_gadgetron.cli import main
+
+sys.exit(main())

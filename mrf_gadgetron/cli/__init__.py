@@ -1,0 +1,56 @@
+"""The `mrf` command: one subcommand per module of this package, found at start-up.
+
+Each subcommand module has `register(subparsers)`, which adds its parser and sets `func`; heavy imports
+(torch, h5py) happen inside the command functions so that `mrf --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+import mrf_core
+
+# Subcommand modules of mrf_gadgetron.cli (every public module), in the order --help lists them.
+SUBCOMMANDS = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
+
+
+class CliError(Exception):
+    """An error the command reports as one line, without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mrf",
+        description="Magnetic Resonance Fingerprinting: simulate, build dictionaries, reconstruct, map, QA.",
+    )
+    parser.add_argument("--version", action="version", version=f"mrf {mrf_core.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"mrf_gadgetron.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, ValueError, OSError, KeyError) as exc:
+        if args.debug:
+            raise
+        print(f"mrf {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mrf {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""`mrf replay`: run a Gadgetron stream configuration on a raw file without Gadgetron (mrf_gadgetron.host)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="run a raw ISMRMRD file through a Gadgetron stream configuration, without Gadgetron",
+        description="Start each <external> node of the configuration as its own `python -m gadgetron` process "
+        "(as Gadgetron does), send it the node's configuration, the file's header and acquisitions, relay items "
+        "between the stages, and write the images that come back like gadgetron_ismrmrd_client "
+        "(<group>/image_<series>). Stage warnings are printed; any failure exits 2 with the stage's reason.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("raw", metavar="SCAN.h5", help="ISMRMRD raw file")
+    p.add_argument("-c", "--config", required=True, metavar="XML",
+                   help="stream configuration: a file, or a name in the configuration folder (e.g. mrf_default.xml)")
+    p.add_argument("-o", "--out", required=True, metavar="MAPS.h5", help="image file to write")
+    p.add_argument("--png", default=None, metavar="FILE", help="also write a figure of the T1, T2 and PD maps")
+    p.add_argument("-G", "--group", default=None, help="image group (default: date and time, as the client)")
+    p.add_argument("--io-timeout", type=float, default=600.0, metavar="S",
+                   help="longest silence allowed on a stage's socket")
+    p.add_argument("--quiet", action="store_true", help="do not print the stages' log lines")
+    p.set_defaults(func=run)
+
+
+def load_config(spec: str):
+    """A configuration from a path, else by name from the configuration folder."""
+    from mrf_gadgetron.host.stream_config import load_stream_config, resolve_config_name
+
+    path = Path(spec)
+    return load_stream_config(path if path.exists() or path.parent != Path(".") else resolve_config_name(spec))
+
+
+def save_maps_png(map_path: str | Path, png_path: str | Path, truth=None, title: str | None = None) -> None:
+    """T1, T2 and PD maps (one row per slice, colour bars; unmapped voxels black), and below them the
+    true maps when a simulated scan's phantom (mrf_core.sim.phantoms.Phantom) is given."""
+    import matplotlib
+    import numpy as np
+
+    from mrf_core.io.map_images import read_map_file
+    from mrf_core.plotting import save_figure
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import colors
+
+    map_file = read_map_file(map_path)
+    maps = map_file.maps
+    columns = (("t1_ms", "T1 (ms)", "magma", True), ("t2_ms", "T2 (ms)", "viridis", True),
+               ("pd", "PD (a.u.)", "gray", False))
+    rows = [(f"slice {s}", {k: maps[k][i] for k, *_ in columns if k in maps}) for i, s in enumerate(map_file.slices)]
+    if truth is not None:
+        for s in range(truth.n_slices):
+            inside = truth.mask[s]
+            rows.append((f"truth, slice {s}", {k: np.where(inside, getattr(truth, k)[s], np.nan) for k, *_ in columns}))
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(4.2 * len(columns), 3.6 * len(rows)), squeeze=False)
+    for c, (key, label, cmap, log_scale) in enumerate(columns):
+        if key == "pd":  # each row on its own scale: PD has arbitrary units
+            scales = [None] * len(rows)
+        else:  # one scale per quantity, shared by maps and truth; logarithmic, as relaxation times span decades
+            finite = np.concatenate([np.ravel(row[key]) for _, row in rows if key in row])
+            finite = finite[np.isfinite(finite) & (finite > 0)]
+            low, high = np.percentile(finite, [1, 99]) if finite.size else (1.0, 10.0)
+            scales = [colors.LogNorm(max(low, 1.0), max(high, low * 1.01, 1.01))] * len(rows)
+        for r, (name, row) in enumerate(rows):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if key not in row:
+                ax.set_title(f"{label}: not in the file")
+                continue
+            values = np.ma.masked_invalid(np.where(np.asarray(row[key]) > 0, row[key], np.nan) if log_scale
+                                          else np.asarray(row[key], dtype=float))
+            shown = ax.imshow(values, cmap=plt.get_cmap(cmap).with_extremes(bad="black"), norm=scales[r])
+            ax.set_title(f"{label}, {name}")
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, png_path)
+
+
+def run(args) -> int:
+    from mrf_gadgetron.cli.simulate import _check_writable
+    from mrf_gadgetron.host.replay import ReplayError, replay
+
+    _check_writable(args.out, "output")
+    if args.png:
+        _check_writable(args.png, "figure")
+    config = load_config(args.config)
+    if args.quiet:
+        import logging
+
+        logging.getLogger("mrf_gadgetron.host").setLevel(logging.WARNING)
+    from mrf_gadgetron.host.chain import ChainOptions
+
+    try:
+        result = replay(args.raw, config, args.out, args.group, on_text=lambda t: print(f"warning: {t}",
+                                                                                           file=sys.stderr),
+                        options=ChainOptions(io_s=args.io_timeout))
+    except ReplayError as exc:
+        raise ValueError(str(exc)) from exc
+    series = ", ".join(f"series {k}: {v}" for k, v in sorted(result.series.items()))
+    print(f"wrote {result.path} (group {result.group!r}): {result.n_images} images ({series})")
+    print(result.chain.table())
+    if args.png:
+        save_maps_png(result.path, args.png, title=f"{Path(args.raw).name} through {Path(config.source).name}")
+        print(f"wrote {args.png}")
+    return 0

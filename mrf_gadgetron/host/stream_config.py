@@ -1,0 +1,172 @@
+"""Gadgetron version-2 stream configurations: parse what we can run, refuse the rest by name, find files.
+
+We run configurations whose `<stream>` holds only `<external>` nodes with `<execute name=".."
+target=".." type="python"/>`: each becomes a process (mrf_gadgetron.host.external). Readers and writers are
+Gadgetron's core ones (gadgetron_core_readers / gadgetron_core_writers); the readers say which client
+messages are accepted, the writers which outputs reach the client (the rest are dropped, as Gadgetron
+drops outputs no writer accepts). A stage receives its node's `<configuration>` element exactly as
+Gadgetron 4 serializes it (Config.cpp, serialize_config: the element saved whole with an XML
+declaration; only the declaration when the node has none).
+
+Configuration names sent by clients (message 1) resolve only inside the configuration folder: a name
+with a path separator or `..`, or that is not a plain `*.xml` file there (`.xml` may be omitted), is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import ismrmrd
+
+from mrf_gadgetron.host.messages import MessageId
+
+CONFIG_DIR_ENV = "MRF_CONFIG_DIR"
+XML_DECLARATION = '<?xml version="1.0"?>\n'
+
+# Gadgetron core readers (client message ids they read) and writers (item types they write).
+READERS = {"AcquisitionReader": MessageId.ACQUISITION, "WaveformReader": MessageId.WAVEFORM,
+           "ImageReader": MessageId.IMAGE}
+WRITERS = {"ImageWriter": ismrmrd.Image, "AcquisitionWriter": ismrmrd.Acquisition,
+           "WaveformWriter": ismrmrd.Waveform}
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+class StreamConfigError(ValueError):
+    """A configuration we cannot parse or run; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class ExternalNode:
+    """One `<external>` node: python module and target (function or class), and the message-2 text."""
+
+    module: str
+    target: str
+    configuration_xml: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.module}.{self.target}"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """A runnable configuration: its source (file or 'inline'), reader and writer class names, nodes."""
+
+    source: str
+    readers: tuple[str, ...]
+    writers: tuple[str, ...]
+    nodes: tuple[ExternalNode, ...]
+
+    @property
+    def input_ids(self) -> set[int]:
+        """Client message ids the readers accept."""
+        return {int(READERS[name]) for name in self.readers}
+
+    def writes(self, item) -> bool:
+        """Whether an output item reaches the client (some top-level writer accepts it)."""
+        return any(isinstance(item, WRITERS[name]) for name in self.writers)
+
+
+def _classes(root: ET.Element, section: str, item: str, known: dict, source: str) -> tuple[str, ...]:
+    names = []
+    for node in root.findall(f"{section}/{item}"):
+        dll, classname = (node.findtext(tag, "").strip() for tag in ("dll", "classname"))
+        if classname not in known:
+            raise StreamConfigError(f"{source}: {item} {classname or '(no classname)'} ({dll or 'no dll'}) cannot run "
+                                    f"here; supported: {', '.join(sorted(known))} from gadgetron_core_{section}")
+        names.append(classname)
+    return tuple(names)
+
+
+def _external(node: ET.Element, index: int, source: str) -> ExternalNode:
+    where = f"{source}: stream node {index + 1} (<external>)"
+    if node.find("connect") is not None:
+        raise StreamConfigError(f"{where} uses <connect> (an already running module): only <execute> can run here")
+    execute = node.find("execute")
+    if execute is None:
+        raise StreamConfigError(f"{where} has no <execute name=.. target=.. type=python/>")
+    module, target = execute.get("name", "").strip(), execute.get("target", "").strip()
+    language = execute.get("type", "").strip().lower()
+    if language != "python":
+        raise StreamConfigError(f"{where} has type {language or '(none)'!r}: only python externals run here")
+    if not module or not target:
+        raise StreamConfigError(f"{where} needs both execute name (module) and target (function or class); "
+                                f"got name={module!r} target={target!r}")
+    for own in ("readers", "writers"):
+        if node.find(own) is not None:
+            raise StreamConfigError(f"{where} has its own <{own}>: only the default ones are supported")
+    configuration = node.find("configuration")
+    text = XML_DECLARATION
+    if configuration is not None:
+        configuration.tail = None
+        text += ET.tostring(configuration, encoding="unicode") + "\n"
+    return ExternalNode(module, target, text)
+
+
+def parse_stream_config(text: str | bytes, source: str = "inline") -> StreamConfig:
+    """Parse a version-2 configuration; StreamConfigError names what cannot run."""
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise StreamConfigError(f"{source}: not well-formed XML: {exc}") from exc
+    if root.tag == "gadgetronStreamConfiguration":
+        raise StreamConfigError(f"{source}: a legacy (version 1) configuration; only version 2 runs here")
+    if root.tag != "configuration" or (root.findtext("version") or "").strip() != "2":
+        raise StreamConfigError(f"{source}: not a Gadgetron stream configuration (<configuration> with "
+                                f"<version>2</version>)")
+    stream = root.find("stream")
+    if stream is None:
+        raise StreamConfigError(f"{source}: has no <stream>")
+    nodes = []
+    for index, node in enumerate(stream):
+        if not isinstance(node.tag, str):
+            continue  # comments
+        if node.tag != "external":
+            raise StreamConfigError(f"{source}: stream node {index + 1} is <{node.tag}>; only <external> python "
+                                    f"nodes run without Gadgetron")
+        nodes.append(_external(node, index, source))
+    if not nodes:
+        raise StreamConfigError(f"{source}: the <stream> has no <external> nodes")
+    readers = _classes(root, "readers", "reader", READERS, source)
+    writers = _classes(root, "writers", "writer", WRITERS, source)
+    if not readers:
+        raise StreamConfigError(f"{source}: no <readers>: the stream could not read any client message")
+    return StreamConfig(source, readers, writers, tuple(nodes))
+
+
+def load_stream_config(path: str | Path) -> StreamConfig:
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise StreamConfigError(f"cannot read configuration {path}: {exc.strerror or exc}") from exc
+    return parse_stream_config(text, str(path))
+
+
+def default_config_dir() -> Path:
+    """The configuration folder: $MRF_CONFIG_DIR, else config_xml/ of the checkout this package runs
+    from (an editable install), else the configurations installed with the package (its package data
+    mrf_gadgetron/config_xml)."""
+    if os.environ.get(CONFIG_DIR_ENV):
+        return Path(os.environ[CONFIG_DIR_ENV])
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parent / "config_xml"
+    return checkout if checkout.is_dir() else package / "config_xml"
+
+
+def resolve_config_name(name: str, folder: str | Path | None = None) -> Path:
+    """The file a client's configuration name (message 1) refers to, only ever inside `folder`. The
+    `.xml` may be left out (MRD/FIRE clients name configurations without it)."""
+    folder = Path(folder) if folder is not None else default_config_dir()
+    if not _NAME.match(name) or ".." in name:
+        raise StreamConfigError(f"configuration name {name!r} refused: a plain file name is required (letters, "
+                                f"digits, _ . -; no path, no '..')")
+    path = folder / (name if name.endswith(".xml") else f"{name}.xml")
+    if not path.is_file() or path.resolve().parent != folder.resolve():
+        available = sorted(p.name for p in folder.glob("*.xml")) if folder.is_dir() else []
+        raise StreamConfigError(f"no configuration {name!r} in {folder} (available: {', '.join(available) or 'none'})")
+    return path
