@@ -20,6 +20,7 @@ import json
 import ismrmrd
 import numpy as np
 
+from mrf_core.errors import MrfError
 from mrf_core.io.map_images import COEFFICIENT_ROLE, ImageGeometry, image_meta
 from mrf_core.mapping.maps import QUANTITY_BY_KEY, MapsError, QuantitativeMaps
 from mrf_core.physics.sequence import FispSchedule
@@ -30,7 +31,7 @@ MAPS_ROLE = "MRFMaps"
 WARNING_KEY = "MRF_Warning"
 
 
-class StageImageError(ValueError):
+class StageImageError(MrfError):
     """An image between stages that lacks what its kind needs."""
 
 

@@ -161,7 +161,8 @@ def test_mrf_serve_command_serves_until_stopped(tmp_path):
     import sys
 
     (tmp_path / "echo.xml").write_text(config_xml(("images", None)))
-    proc = subprocess.Popen([sys.executable, "-m", "mrf_gadgetron", "serve", "--port", "0", "--config-dir", str(tmp_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "mrf_gadgetron", "serve", "--port", "0", "--config-dir",
+                             str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:

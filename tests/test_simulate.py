@@ -12,7 +12,7 @@ from mrf_core.io.rawio import TIMESTAMP_TICK_MS, MrfRawFile, write_raw
 from mrf_core.physics.epg import simulate_fisp
 from mrf_core.physics.sequence import default_schedule
 from mrf_core.recon.trajectory import SpiralParams, design_spiral, nufft_coords
-from mrf_core.sim.coil_sim import CoilError, birdcage_sensitivities, noise_covariance
+from mrf_core.sim.coil_sim import CoilSimulationError, birdcage_sensitivities, noise_covariance
 from mrf_core.sim.phantoms import Phantom, brain_phantom, nist_phantom, pixel_coords_mm
 from mrf_core.sim.simulate import ScanSettings, SimulatedScan, SimulationSetupError, subspace_model
 from mrf_gadgetron.cli import main
@@ -267,7 +267,7 @@ def test_coil_sensitivities_and_noise_covariance():
     neighbours, opposite = abs(psi[0, 1]) / abs(psi[0, 0]), abs(psi[0, 4]) / abs(psi[0, 0])
     assert neighbours > opposite  # overlapping fields couple more noise
     assert np.allclose(noise_covariance(maps, correlation=0.0), np.diag(np.diag(noise_covariance(maps, 0.0))))
-    with pytest.raises(CoilError, match="noise correlation = 1"):
+    with pytest.raises(CoilSimulationError, match="noise correlation = 1"):
         noise_covariance(maps, correlation=1.0)
-    with pytest.raises(CoilError, match="n_coils = 0"):
+    with pytest.raises(CoilSimulationError, match="n_coils = 0"):
         birdcage_sensitivities(0, 16, 200.0)

@@ -39,6 +39,7 @@ import ismrmrd
 import numpy as np
 from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
 
+from mrf_core.errors import MrfError
 from mrf_core.io.atomic import atomic_path
 from mrf_core.physics.sequence import FispSchedule, ScheduleError
 from mrf_core.recon.trajectory import TRAJECTORY_ID, SpiralParams, TrajectoryError, design_spiral
@@ -61,7 +62,7 @@ _NON_IMAGING_FLAGS = (
 _READ_BLOCK = 64  # acquisitions per HDF5 read or write
 
 
-class RawDataError(ValueError):
+class RawDataError(MrfError):
     """Raw data a reconstruction cannot use: the message names the field and the value."""
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import mrf_core
+from mrf_core.errors import MrfError
 from mrf_core.io.atomic import atomic_path
 from mrf_core.mapping.inputs import INPUT_KINDS
 from mrf_core.physics.sequence import FispSchedule, ScheduleError
@@ -34,7 +35,7 @@ _BUFFERS = ("basis_vectors", "basis_singular_values", "table_coefficients", "tab
             "table_step", "table_shape")
 
 
-class ModelError(ValueError):
+class ModelError(MrfError):
     """A model file that cannot be used: not an archive, missing or invalid metadata, wrong input."""
 
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mrf_core.errors import MrfError
 
-class MapsError(ValueError):
+
+class MapsError(MrfError):
     """Maps of the wrong shape or kind: the message names the field and value."""
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import mrf_core
+from mrf_core.errors import MrfError
 from mrf_core.io.atomic import atomic_path
 from mrf_core.physics.epg import DEFAULT_CHUNK_ATOMS, DEFAULT_N_STATES, signal_phase, simulate_fingerprints
 from mrf_core.physics.sequence import FispSchedule, ScheduleError
@@ -33,7 +34,7 @@ FILE_VERSION = 1
 log = logging.getLogger(__name__)
 
 
-class DictionaryError(ValueError):
+class DictionaryError(MrfError):
     """A dictionary that is malformed or does not fit: the message names the file, field and value."""
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mrf_core.errors import MrfError
 from mrf_core.physics.sequence import FispSchedule
 
 DEFAULT_N_STATES = 50
@@ -40,7 +41,7 @@ MAX_T1_MS = 100_000.0
 MAX_B1 = 3.0
 
 
-class SimulationError(ValueError):
+class SimulationError(MrfError):
     """Tissue parameters the simulator cannot accept: the message names the field and the value."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrf_core.errors import MrfError
 from mrf_core.io.atomic import atomic_write_text
 
 DEFAULT_SCHEDULE_NAME = "fisp_jiang2015"
@@ -32,7 +33,7 @@ _HASH_DECIMALS = 4
 MAX_FLIP_ANGLE_DEG = 180.0
 
 
-class ScheduleError(ValueError):
+class ScheduleError(MrfError):
     """A schedule that cannot be simulated: the message names the field and the value."""
 
 

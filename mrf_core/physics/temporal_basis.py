@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mrf_core.errors import MrfError
 
-class BasisError(ValueError):
+
+class BasisError(MrfError):
     """A basis that does not fit the data or request: the message names the field and value."""
 
 

@@ -13,7 +13,9 @@ A weekly phantom scan should say, without anyone drawing ROIs, whether T1 and T2
 
 from __future__ import annotations
 
+from mrf_core.errors import MrfError
 
-class QAError(ValueError):
+
+class QAError(MrfError):
     """QA cannot run on this input (no phantom, wrong array, wrong units or size, bad store): the
     message says what was found and what to do."""

@@ -23,13 +23,15 @@ import logging
 
 import numpy as np
 
+from mrf_core.errors import MrfError
+
 log = logging.getLogger(__name__)
 
 COIL_METHODS = ("lowres", "espirit")
 _REGULARISATION = 1e-6
 
 
-class CoilError(ValueError):
+class CoilError(MrfError):
     """Noise or coil data that cannot be used: the message names what and why."""
 
 

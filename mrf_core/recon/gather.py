@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import ismrmrd
 import numpy as np
 
+from mrf_core.errors import MrfError
 from mrf_core.io.rawio import AcquisitionValidator, Readout, ScanInfo, is_imaging
 from mrf_core.physics.sequence import FispSchedule
 from mrf_core.recon.trajectory import design_spiral, pipe_menon_dcf
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 _DESIGN_AGREEMENT_CYCLES = 1e-3  # readout trajectories that match the header's design to this use its DCF
 
 
-class GatherError(ValueError):
+class GatherError(MrfError):
     """Acquisitions that do not make a complete slice: the message names the slice and what is wrong."""
 
 

@@ -28,6 +28,8 @@ import math
 
 import numpy as np
 
+from mrf_core.errors import MrfError
+
 BACKENDS = ("finufft", "sigpy", "cufinufft", "dft")
 GPU_BACKENDS = ("cufinufft",)
 DEFAULT_EPS = 1e-4  # relative accuracy; image noise at SNR 40 is ~1e-2
@@ -44,7 +46,7 @@ _MAX_CACHED_PLANS = 6
 _FINUFFT_SPREAD_THREAD = 2
 
 
-class NufftError(ValueError):
+class NufftError(MrfError):
     """A NUFFT that cannot be set up or applied: the message names the field and the value."""
 
 

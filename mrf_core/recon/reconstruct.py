@@ -47,6 +47,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from mrf_core.errors import MrfError
 from mrf_core.physics.temporal_basis import TemporalBasis
 from mrf_core.recon.coils import COIL_METHODS, combine_coils, compression_matrix, estimate_coil_maps, noise_whitening
 from mrf_core.recon.gather import SliceData
@@ -74,7 +75,7 @@ _COMPRESSION_SAMPLES = 200_000
 DEFAULT_ITERATIONS = {"cg": 5, "llr": 30}
 
 
-class ReconError(ValueError):
+class ReconError(MrfError):
     """Data or settings a reconstruction cannot use: the message names the slice, field and value."""
 
 

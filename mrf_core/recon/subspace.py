@@ -39,6 +39,7 @@ import numba
 import numpy as np
 import scipy.fft
 
+from mrf_core.errors import MrfError
 from mrf_core.io.atomic import atomic_path
 from mrf_core.recon.coils import combine_coils
 from mrf_core.recon.nufft import DEFAULT_EPS, DEFAULT_THREADS, Nufft
@@ -51,7 +52,7 @@ _LIPSCHITZ_MARGIN = 1.25
 _MIX_CHUNK = 2048  # pixels per numba work item (K x chunk x 8 bytes stays in cache)
 
 
-class SubspaceError(ValueError):
+class SubspaceError(MrfError):
     """Sampling, basis or images that do not fit together: the message names the field and value."""
 
 

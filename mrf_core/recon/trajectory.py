@@ -40,6 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse
 
+from mrf_core.errors import MrfError
+
 GAMMA_HZ_PER_T = 42.577478e6  # proton gyromagnetic ratio / (2 pi)
 GOLDEN_ANGLE_DEG = 180.0 * (3.0 - math.sqrt(5.0))  # 137.5078 deg
 TRAJECTORY_ID = "mrf_vds"
@@ -49,7 +51,7 @@ _MAX_DESIGN_STEPS = 2_000_000  # 4 s of readout at 2 us dwell: nothing sensible 
 _MAX_READOUT_INDEX = 65535  # ISMRMRD encoding counters are uint16
 
 
-class TrajectoryError(ValueError):
+class TrajectoryError(MrfError):
     """Trajectory parameters that cannot be designed or played: the message names the field and value."""
 
 

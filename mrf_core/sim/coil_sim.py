@@ -19,10 +19,11 @@ import math
 
 import numpy as np
 
+from mrf_core.errors import MrfError
 from mrf_core.sim.phantoms import pixel_coords_mm
 
 
-class CoilError(ValueError):
+class CoilSimulationError(MrfError):
     """Coil or noise parameters that make no sense: the message names the field and the value."""
 
 
@@ -38,10 +39,10 @@ def birdcage_sensitivities(
     coil_radius_mm: ring radius (default 0.75 fov_mm, sigpy's r = 1.5 relative to the half FOV).
     """
     if not (isinstance(n_coils, int | np.integer) and n_coils >= 1):
-        raise CoilError(f"n_coils = {n_coils!r} must be an integer >= 1")
+        raise CoilSimulationError(f"n_coils = {n_coils!r} must be an integer >= 1")
     radius = 0.75 * fov_mm if coil_radius_mm is None else coil_radius_mm
     if not (math.isfinite(radius) and radius > 0):
-        raise CoilError(f"coil_radius_mm = {radius} must be > 0")
+        raise CoilSimulationError(f"coil_radius_mm = {radius} must be > 0")
     x, y = pixel_coords_mm(matrix, fov_mm)
     z = np.asarray(slice_positions_mm, dtype=np.float64).reshape(-1, 1, 1)
     angle = 2 * np.pi * np.arange(n_coils) / n_coils
@@ -58,7 +59,7 @@ def noise_covariance(sensitivities: np.ndarray, correlation: float = 0.3, seed: 
     """Channel noise covariance (n_coils, n_coils) complex128, Hermitian positive definite, mean
     diagonal 1; `correlation` in [0, 1) is rho in the module docstring."""
     if not (math.isfinite(correlation) and 0 <= correlation < 1):
-        raise CoilError(f"noise correlation = {correlation} must be in [0, 1)")
+        raise CoilSimulationError(f"noise correlation = {correlation} must be in [0, 1)")
     s = sensitivities.reshape(sensitivities.shape[0], -1).astype(np.complex128)
     s /= np.linalg.norm(s, axis=1, keepdims=True)
     overlap = s.conj() @ s.T

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from mrf_core.errors import MrfError
 from mrf_core.physics.epg import MAX_B1
 
 B1_STEP = 0.005
@@ -56,7 +57,7 @@ NIST_FILL_LABEL = 15
 PHANTOM_NAMES = ("nist-t1", "nist-t2", "nist", "brain")
 
 
-class PhantomError(ValueError):
+class PhantomError(MrfError):
     """A phantom that cannot be built or simulated: the message names the field and the value."""
 
 

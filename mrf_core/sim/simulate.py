@@ -39,6 +39,7 @@ import ismrmrd
 import numpy as np
 from tqdm.auto import tqdm
 
+from mrf_core.errors import MrfError
 from mrf_core.io.rawio import INDEX_MAP_PARAMETER, TIMESTAMP_TICK_MS, GroundTruth, IndexMap, write_raw
 from mrf_core.physics.epg import DEFAULT_N_STATES, signal_phase, simulate_fingerprints
 from mrf_core.physics.sequence import FispSchedule
@@ -53,7 +54,7 @@ _START_OF_MEASUREMENT_MS = 10 * 3600 * 1000.0  # 10:00:00
 _NOISE_READOUT_SPACING_MS = 10.0
 
 
-class SimulationSetupError(ValueError):
+class SimulationSetupError(MrfError):
     """Simulation settings that cannot work together: the message names the field and the value."""
 
 

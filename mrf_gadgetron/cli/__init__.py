@@ -11,15 +11,17 @@ import importlib
 import logging
 import pkgutil
 import sys
+import traceback
 
 import mrf_core
+from mrf_core.errors import MrfError
 
 # Subcommand modules of mrf_gadgetron.cli (every public module), in the order --help lists them.
 SUBCOMMANDS = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
-class CliError(Exception):
-    """An error the command reports as one line, without a traceback."""
+class CliError(MrfError):
+    """An error of the command's own arguments, reported as one line like every MrfError."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,11 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (CliError, ValueError, OSError, KeyError) as exc:
+    except (MrfError, OSError) as exc:  # explained input, settings or file-system problems: one line
         if args.debug:
             raise
         print(f"mrf {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception:  # anything else is a bug: its traceback, and where to report it
+        traceback.print_exc()
+        print(f"mrf {args.command}: internal error (a bug in mrf {mrf_core.__version__}): please report it with "
+              "the traceback above and the command line", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"mrf {args.command}: interrupted", file=sys.stderr)
         return 130

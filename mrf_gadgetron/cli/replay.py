@@ -87,7 +87,7 @@ def save_maps_png(map_path: str | Path, png_path: str | Path, truth=None, title:
 
 def run(args) -> int:
     from mrf_gadgetron.cli.simulate import _check_writable
-    from mrf_gadgetron.host.replay import ReplayError, replay
+    from mrf_gadgetron.host.replay import replay
 
     _check_writable(args.out, "output")
     if args.png:
@@ -99,12 +99,8 @@ def run(args) -> int:
         logging.getLogger("mrf_gadgetron.host").setLevel(logging.WARNING)
     from mrf_gadgetron.host.chain import ChainOptions
 
-    try:
-        result = replay(args.raw, config, args.out, args.group, on_text=lambda t: print(f"warning: {t}",
-                                                                                           file=sys.stderr),
-                        options=ChainOptions(io_s=args.io_timeout))
-    except ReplayError as exc:
-        raise ValueError(str(exc)) from exc
+    result = replay(args.raw, config, args.out, args.group, on_text=lambda t: print(f"warning: {t}", file=sys.stderr),
+                    options=ChainOptions(io_s=args.io_timeout))
     series = ", ".join(f"series {k}: {v}" for k, v in sorted(result.series.items()))
     print(f"wrote {result.path} (group {result.group!r}): {result.n_images} images ({series})")
     print(result.chain.table())

@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import ismrmrd
 
+from mrf_core.errors import MrfError
 from mrf_core.io.rawio import acquisition_from_row
 from mrf_gadgetron.host.chain import ChainError, ChainOptions, ChainReport, run_chain
 from mrf_gadgetron.host.stream_config import StreamConfig
@@ -23,7 +24,7 @@ from mrf_gadgetron.host.stream_config import StreamConfig
 _BLOCK = 64  # acquisitions read from HDF5 at a time
 
 
-class ReplayError(Exception):
+class ReplayError(MrfError):
     """The replay failed; the message is the reason (a stage's own words where it left any)."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import ismrmrd
 
+from mrf_core.errors import MrfError
 from mrf_gadgetron.host.messages import MessageId
 
 CONFIG_DIR_ENV = "MRF_CONFIG_DIR"
@@ -35,7 +36,7 @@ WRITERS = {"ImageWriter": ismrmrd.Image, "AcquisitionWriter": ismrmrd.Acquisitio
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
-class StreamConfigError(ValueError):
+class StreamConfigError(MrfError):
     """A configuration we cannot parse or run; the message says what and where."""
 
 
