@@ -38,11 +38,12 @@ def prepare(args) -> tuple[Path, Path]:
     """The gathered slice (npz, with the truth) and the dictionary file, made once."""
     from mrf_core.io.rawio import MrfRawFile
     from mrf_core.physics.sequence import default_schedule
+    from mrf_core.pipeline import dictionary_for
     from mrf_core.recon.gather import SliceGatherer
     from mrf_core.recon.trajectory import SpiralParams
+    from mrf_core.settings import defaults
     from mrf_core.sim.phantoms import nist_phantom
     from mrf_core.sim.simulate import ScanSettings, simulate_to_file
-    from mrf_gadgetron.cli.reconstruct import dictionary_for
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +68,7 @@ def prepare(args) -> tuple[Path, Path]:
                  t1_ms=truth.t1_ms[0], t2_ms=truth.t2_ms[0], mask=truth.mask[0])
     dictionary = out / f"dict_percent5_{args.timepoints}tr.h5"
     if not dictionary.exists():
-        dictionary_for("percent:5", schedule).save(dictionary)
+        dictionary_for(schedule, defaults("dictionary")).save(dictionary)  # the default 5 % grid
     return slice_file, dictionary
 
 
@@ -84,9 +85,10 @@ def load_slice(path: Path):
 
 # ---- one case in its own process --------------------------------------------------------------------
 def child_recon(case: dict, slice_file: Path, dictionary_file: Path) -> dict:
+    from mrf_core.mapping.maps import map_nrmse
+    from mrf_core.mapping.matching import match
     from mrf_core.physics.dictionary import Dictionary
     from mrf_core.recon.reconstruct import ReconSettings, reconstruct_slice
-    from mrf_gadgetron.cli.reconstruct import map_nrmse, match_coefficients
 
     data, t1, t2, mask = load_slice(slice_file)
     dictionary = Dictionary.load(dictionary_file, fingerprints=False)
@@ -97,7 +99,7 @@ def child_recon(case: dict, slice_file: Path, dictionary_file: Path) -> dict:
     wall = time.perf_counter() - started
     peak_mib = _rss_mib()
     started = time.perf_counter()
-    matched = match_coefficients(dictionary, result, mask)
+    matched = match(dictionary.in_basis(result.basis), np.moveaxis(result.coefficients, 0, -1), mask=mask)
     return {"name": case["name"], "wall_s": wall, "timings_s": result.timings_s, "data_mib": base_mib,
             "peak_mib": peak_mib, "match_s": time.perf_counter() - started, "rank": result.basis.rank,
             "t1_nrmse": map_nrmse(matched.t1_ms, t1, mask), "t2_nrmse": map_nrmse(matched.t2_ms, t2, mask),

@@ -1,11 +1,12 @@
-"""Gadget emit: maps bundles -> the images a scanner stores and shows (mrf_core.io.map_images).
+"""Gadget emit: maps bundles -> the images a scanner stores and shows (mrf_core.pipeline.scanner_images).
 
 One series per quantity (series_base + offset: T1, T2, PD, B1, match quality), one image per slice, the
-scanner meta of DESIGN.md section 5 (DataRole, GADGETRON_DataRole, SeqDescription, ImageComment with the
-unit, window centre/width, ScaleRatio when ushort), MRF_Mapper and any MRF_Warning collected on the way.
-Float32 by default, scaled ushort as an option. Geometry comes from the bundle's header (which
-reconstruct took from the slice's acquisitions). Basis images are internal and dropped; a coefficient
-image that reaches emit unmapped is passed on with a logged warning (the client then gets coefficients).
+scanner meta (DataRole=Quantitative, GADGETRON_DataRole, SeqDescription, ImageComment with the unit,
+window centre/width, ScaleRatio when ushort), MRF_Mapper and any MRF_Warning collected on the way; float32
+by default, scaled ushort as an option (the `output` settings). Geometry comes from the bundle's header,
+which reconstruct took from the slice's acquisitions. Basis images are internal and dropped. A mapped
+slice's coefficient image is sent when `coefficient_images` is set (series 10) and dropped otherwise; one
+that reaches emit unmapped is passed on with a logged warning (the client then gets coefficients).
 """
 
 from __future__ import annotations
@@ -13,57 +14,35 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 
-from gadgets.properties import Property, boolean, integer, names, read_properties, window
+from gadgets.map_stage import is_mapped
+from gadgets.properties import read_properties
 from gadgets.runtime import run_gadget
-from gadgets.stage_images import (
-    BASIS_ROLE,
-    MAPS_ROLE,
-    WARNING_KEY,
-    geometry_of,
-    read_maps_bundle,
-    role_of,
-    warnings_of,
-)
-from mrf_core.io.map_images import COEFFICIENT_ROLE, image_meta, map_images
-from mrf_core.mapping.maps import QUANTITIES
+from gadgets.stage_images import BASIS_ROLE, MAPS_ROLE, geometry_of, read_maps_bundle, role_of, warnings_of
+from mrf_core.io.map_images import COEFFICIENT_ROLE
+from mrf_core.pipeline import scanner_images
+from mrf_core.settings import for_stages
 
 log = logging.getLogger(__name__)
 
 NAME = "emit"
-QUANTITY_KEYS = tuple(q.key for q in QUANTITIES)
-PROPERTIES = (
-    Property("series_base", "1", integer(0, 65000),
-             "image_series_index of T1; T2, PD, B1 and quality follow (+1 ... +4)"),
-    Property("ushort", "false", boolean, "scaled unsigned short images (GADGETRON_ScaleRatio) instead of float"),
-    Property("maps", ",".join(QUANTITY_KEYS), names(QUANTITY_KEYS),
-             "which maps to send, of " + ", ".join(QUANTITY_KEYS) + " (B1 only when the mapper estimated it)"),
-    Property("t1_window", "", window, "T1 display window 'centre,width' in ms (empty: 1500,3000)"),
-    Property("t2_window", "", window, "T2 display window 'centre,width' in ms (empty: 150,300)"),
-)
-
-
-def scanner_images(bundle, settings) -> list:
-    """The map images of one maps bundle, as configured."""
-    maps = read_maps_bundle(bundle)
-    warnings = warnings_of(bundle)
-    windows = {key: window for key, window in (("t1_ms", settings.t1_window), ("t2_ms", settings.t2_window))
-               if window is not None}
-    images = map_images(maps, geometry_of(bundle), series_base=settings.series_base, as_ushort=settings.ushort,
-                        extra_meta={WARNING_KEY: warnings} if warnings else None, windows=windows)
-    return [image for image in images if image_meta(image)["MRF_Quantity"] in settings.maps]
+PROPERTIES = for_stages("output")
 
 
 def emitted(items: Iterable, settings) -> Iterator:
-    """The stage: bundles become map images, basis images are dropped, the rest passes."""
+    """The stage: bundles become map images, basis images are dropped, coefficient images go out as the
+    settings say, the rest passes."""
     for item in items:
         role = role_of(item)
         if role == MAPS_ROLE:
-            images = scanner_images(item, settings)
-            log.info("%s: slice %d, %d map images (mapper %s)", NAME, item.getHead().slice, len(images),
-                     image_meta(item).get("MRF_Mapper"))
+            maps = read_maps_bundle(item)
+            images = scanner_images(maps, geometry_of(item), warnings_of(item), settings)
+            log.info("%s: slice %d, %d map images (mapper %s)", NAME, maps.slice_index, len(images), maps.mapper)
             yield from images
         elif role == BASIS_ROLE:
             continue
+        elif role == COEFFICIENT_ROLE and is_mapped(item):
+            if settings.coefficient_images:
+                yield item
         else:
             if role == COEFFICIENT_ROLE:
                 log.warning("%s: slice %d reached emit unmapped (no mapper in the chain could map it); "

@@ -1,7 +1,11 @@
 """The loop both mapping gadgets share: remember basis images, map coefficient images, pass the rest on.
 
-A mapper is a callable (coefficient image, ScanContext) -> image: a maps bundle when it mapped the slice,
-or the coefficient image itself (with a warning) when it leaves the slice to a later stage.
+A mapper is one of mrf_core.pipeline's (NetworkMapper, DictionaryMapper): called with a slice's
+coefficients, their basis, the scan's schedule and the slice index, it returns QuantitativeMaps or
+raises with the reason it cannot. A mapped slice leaves as a maps bundle followed by its coefficient image
+marked with MRF_Mapper (emit outputs it when `coefficient_images` is set; later mappers pass it on). A
+mapper with a fallback after it (map_network) passes a slice it cannot map on unmapped, with the reason
+in MRF_Warning; the last mapper's failure is the gadget's error.
 `ScanContext` holds what the stream said about the scan: the bases its coefficient images may be in (from
 basis images) and the effective schedule.
 """
@@ -9,16 +13,28 @@ basis images) and the effective schedule.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 
-import numpy as np
-
 from gadgets.properties import read_properties
-from gadgets.runtime import run_gadget, set_threads
-from gadgets.stage_images import BASIS_ROLE, StageImageError, read_basis_image, role_of
-from mrf_core.io.map_images import COEFFICIENT_ROLE
+from gadgets.runtime import run_gadget
+from gadgets.stage_images import (
+    BASIS_ROLE,
+    MAPPER_KEY,
+    StageImageError,
+    add_warning,
+    geometry_of,
+    maps_bundle,
+    read_basis_image,
+    read_coefficients,
+    role_of,
+    set_meta,
+    warnings_of,
+)
+from mrf_core.io.map_images import COEFFICIENT_ROLE, image_meta
 from mrf_core.physics.sequence import FispSchedule, ScheduleError
 from mrf_core.physics.temporal_basis import TemporalBasis
+from mrf_core.pipeline import one_line, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -57,31 +73,57 @@ class ScanContext:
         return self.bases[basis_hash]
 
 
-def object_voxels(coefficients: np.ndarray) -> np.ndarray:
-    """Voxels of coefficients (ny, nx, rank) worth mapping: finite and not all zero (reconstruct zeroes
-    the background outside its object mask)."""
-    return np.isfinite(coefficients).all(axis=-1) & (np.abs(coefficients) > 0).any(axis=-1)
+def is_mapped(image) -> bool:
+    """A coefficient image some mapper already mapped (it travels on for emit)."""
+    return MAPPER_KEY in image_meta(image)
 
 
-def mapped(items: Iterable, context: ScanContext, mapper: Callable) -> Iterator:
-    """The stage: basis images update the context and go on; coefficient images go through `mapper`."""
+def _map_one(image, context: ScanContext, mapper, fallback: bool) -> Iterator:
+    slice_index = int(image.getHead().slice)
+    started = time.perf_counter()
+    try:
+        coefficients, basis_hash = read_coefficients(image)
+        schedule = context.schedule
+        maps = mapper(coefficients, context.basis(basis_hash), schedule, slice_index)
+    except Exception as exc:
+        if not fallback:
+            raise
+        log.debug("%s mapping failed", mapper.name, exc_info=True)
+        reason = one_line(exc)
+        log.warning("slice %d not mapped by the %s: %s; passed on for the fallback", slice_index, mapper.name,
+                    reason)
+        yield add_warning(image, f"{mapper.name} mapping not used: {reason}")
+        return
+    log.info("slice %d: %s mapping %.2f s, %d voxels", slice_index, mapper.name, time.perf_counter() - started,
+             int(maps.mask.sum()))
+    yield maps_bundle(maps, geometry_of(image), warnings=warnings_of(image))
+    yield set_meta(image, {MAPPER_KEY: mapper.name})
+
+
+def mapped(items: Iterable, context: ScanContext, mapper, fallback: bool) -> Iterator:
+    """The stage: basis images update the context and go on; coefficient images not yet mapped go through
+    `mapper`; everything else passes."""
     for item in items:
         role = role_of(item)
         if role == BASIS_ROLE:
             context.add_basis_image(item)
-        elif role == COEFFICIENT_ROLE:
-            item = mapper(item, context)
+        elif role == COEFFICIENT_ROLE and not is_mapped(item):
+            yield from _map_one(item, context, mapper, fallback)
+            continue
         yield item
 
 
-def run_mapping_gadget(connection, name: str, properties, make_mapper: Callable) -> None:
+def run_mapping_gadget(connection, name: str, properties, make_mapper: Callable, fallback: bool) -> None:
     """A mapping gadget: read its properties, cap its threads, and send the stream mapped by
     make_mapper(settings), under run_gadget's logging and ERROR reporting."""
 
     def body() -> None:
         settings = read_properties(connection.config, properties, name)
         set_threads(settings.threads)
-        for item in mapped(connection, ScanContext(connection.header), make_mapper(settings)):
+        mapper = make_mapper(settings)
+        if getattr(mapper, "unusable", None):
+            log.warning("%s: %s; every slice goes on unmapped to the fallback", name, mapper.unusable)
+        for item in mapped(connection, ScanContext(connection.header), mapper, fallback):
             connection.send(item)
 
     run_gadget(name, connection, body)

@@ -20,10 +20,11 @@ from pathlib import Path
 import ismrmrd
 import numpy as np
 
-from gadgets.properties import Property, choice, integer, number, optional_path, read_properties
+from gadgets.properties import read_properties
 from gadgets.runtime import run_gadget
 from gadgets.stage_images import geometry_of, role_of, set_meta
 from mrf_core.io.map_images import ImageGeometry, client_group_name, image_meta, write_images
+from mrf_core.settings import Setting, choice, integer, number, optional_path
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +33,19 @@ QUANTITATIVE_ROLE = "Quantitative"
 USHORT_GREY_MAX = 4095
 NIST_FIELDS_T = (1.5, 3.0)
 PROPERTIES = (
-    Property("array", "auto", choice("auto", "t1", "t2"),
-             "NIST plate: t1 (NiCl2), t2 (MnCl2), or auto (the plate the spheres agree with)"),
-    Property("field", "auto", choice("auto", "1.5", "3"),
-             "field strength in T for the reference (auto: the header's systemFieldStrength_T)"),
-    Property("batch", "1", integer(1, 2), "phantom batch (serial <= 41: 1)"),
-    Property("temperature", "20", number(0.0, 40.0), "phantom temperature in C (reference values are for 20 C)"),
-    Property("tolerance_t1", "5", number(0.0), "per-sphere |T1 error| limit in %"),
-    Property("tolerance_t2", "5", number(0.0), "per-sphere |T2 error| limit in %"),
-    Property("min_r2", "0.99", number(0.0, 1.0), "least R^2 of T1 and of T2 over the counted spheres"),
-    Property("series_index", "99", integer(0, 65000), "image_series_index of the QA figure"),
-    Property("figure", "rgb", choice("rgb", "grey"), "QA figure as an RGB or a grey image"),
-    Property("store", "", optional_path, "SQLite trend store to append each result to (empty: none)"),
-    Property("report_dir", "", optional_path, "folder for the HTML report and results.json (empty: none)"),
+    Setting("array", "auto", choice("auto", "t1", "t2"),
+            "NIST plate: t1 (NiCl2), t2 (MnCl2), or auto (the plate the spheres agree with)"),
+    Setting("field", "auto", choice("auto", "1.5", "3"),
+            "field strength in T for the reference (auto: the header's systemFieldStrength_T)"),
+    Setting("batch", "1", integer(1, 2), "phantom batch (serial <= 41: 1)"),
+    Setting("temperature", "20", number(0.0, 40.0), "phantom temperature in C (reference values are for 20 C)"),
+    Setting("tolerance_t1", "5", number(0.0), "per-sphere |T1 error| limit in %"),
+    Setting("tolerance_t2", "5", number(0.0), "per-sphere |T2 error| limit in %"),
+    Setting("min_r2", "0.99", number(0.0, 1.0), "least R^2 of T1 and of T2 over the counted spheres"),
+    Setting("series_index", "99", integer(0, 65000), "image_series_index of the QA figure"),
+    Setting("figure", "rgb", choice("rgb", "grey"), "QA figure as an RGB or a grey image"),
+    Setting("store", "", optional_path, "SQLite trend store to append each result to (empty: none)"),
+    Setting("report_dir", "", optional_path, "folder for the HTML report and results.json (empty: none)"),
 )
 
 

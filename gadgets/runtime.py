@@ -11,7 +11,7 @@ so gadgets log them (`logging.warning`; Gadgetron's log, and the project's repla
 lines to the client as TEXT) and put them in image meta (`MRF_Warning`).
 
 Threads: the gadget processes of a chain share the machine and work on different slices at once (a
-pipeline), so each caps its torch threads (`threads` property; 0 leaves torch's default); reconstruct
+pipeline), so each caps its torch threads (`threads` setting, mrf_core.pipeline.set_threads); reconstruct
 also hands it to finufft (ReconSettings.n_threads).
 """
 
@@ -20,19 +20,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-import torch
 from gadgetron.external.constants import GADGET_MESSAGE_ERROR, GadgetMessageIdentifier, uint64
 
 from gadgets import compat
-from gadgets.properties import Property, integer
+from mrf_core.pipeline import one_line
 
 log = logging.getLogger(__name__)
-
-THREADS_PROPERTY = Property("threads", "2", integer(0, 256),
-                            "torch threads of this process, and finufft's in reconstruct (0: default)")
 
 
 @dataclass(frozen=True)
@@ -47,17 +42,6 @@ def write_error(destination, message: ErrorMessage) -> None:
     destination.write(GadgetMessageIdentifier.pack(GADGET_MESSAGE_ERROR))
     destination.write(uint64.pack(len(payload)))
     destination.write(payload)
-
-
-def set_threads(n_threads: int) -> None:
-    """Cap torch's intra-op threads in this process; 0 keeps torch's default."""
-    if n_threads > 0:
-        torch.set_num_threads(n_threads)
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if isinstance(exc, ValueError | KeyError | OSError) else f"{type(exc).__name__}: {text}"
 
 
 def run_gadget(name: str, connection, body: Callable[[], None]) -> None:
@@ -78,12 +62,3 @@ def run_gadget(name: str, connection, body: Callable[[], None]) -> None:
             log.error("%s: could not send the error to the host: %s", name, send_error)
         raise
     log.info("%s: done in %.2f s", name, time.perf_counter() - start)
-
-
-@contextmanager
-def timed(what: str, **details):
-    """Log how long a block took, with details ('slice 0', sizes...)."""
-    start = time.perf_counter()
-    yield
-    extra = ", ".join(f"{k} {v}" for k, v in details.items())
-    log.info("%s%s: %.2f s", what, f" ({extra})" if extra else "", time.perf_counter() - start)

@@ -21,14 +21,15 @@ import ismrmrd
 import numpy as np
 
 from mrf_core.errors import MrfError
-from mrf_core.io.map_images import COEFFICIENT_ROLE, ImageGeometry, image_meta
+from mrf_core.io.map_images import ImageGeometry, image_meta
 from mrf_core.mapping.maps import QUANTITY_BY_KEY, MapsError, QuantitativeMaps
 from mrf_core.physics.sequence import FispSchedule
 from mrf_core.physics.temporal_basis import TemporalBasis
+from mrf_core.pipeline import WARNING_KEY, ascii_text
 
 BASIS_ROLE = "TemporalBasis"
 MAPS_ROLE = "MRFMaps"
-WARNING_KEY = "MRF_Warning"
+MAPPER_KEY = "MRF_Mapper"
 
 
 class StageImageError(MrfError):
@@ -66,8 +67,7 @@ def set_meta(image: ismrmrd.Image, updates: dict[str, str | list[str]]) -> ismrm
 
 def add_warning(image: ismrmrd.Image, warning: str) -> ismrmrd.Image:
     """Append a warning (ASCII) to the image's MRF_Warning list."""
-    ascii_text = warning.encode("ascii", errors="replace").decode("ascii")
-    return set_meta(image, {WARNING_KEY: [*warnings_of(image), ascii_text]})
+    return set_meta(image, {WARNING_KEY: [*warnings_of(image), ascii_text(warning)]})
 
 
 def warnings_of(image: ismrmrd.Image) -> list[str]:
@@ -118,10 +118,6 @@ def read_coefficients(image: ismrmrd.Image) -> tuple[np.ndarray, str]:
     return data[:, 0].astype(np.complex64), as_list(meta["MRF_BasisHash"])[0]
 
 
-def is_coefficient_image(item) -> bool:
-    return role_of(item) == COEFFICIENT_ROLE
-
-
 # ---- maps bundle -----------------------------------------------------------------------------------
 def maps_bundle(maps: QuantitativeMaps, geometry: ImageGeometry, series: int = 0,
                 warnings: list[str] | None = None) -> ismrmrd.Image:
@@ -134,9 +130,9 @@ def maps_bundle(maps: QuantitativeMaps, geometry: ImageGeometry, series: int = 0
     head.slice = maps.slice_index
     head.image_type = ismrmrd.IMTYPE_MAGNITUDE
     image.setHead(head)
-    meta = {"DataRole": MAPS_ROLE, "MRF_Quantities": list(arrays), "MRF_Mapper": maps.mapper}
+    meta = {"DataRole": MAPS_ROLE, "MRF_Quantities": list(arrays), MAPPER_KEY: maps.mapper}
     if warnings:
-        meta[WARNING_KEY] = [w.encode("ascii", errors="replace").decode("ascii") for w in warnings]
+        meta[WARNING_KEY] = [ascii_text(w) for w in warnings]
     return set_meta(image, meta)
 
 
@@ -148,7 +144,7 @@ def read_maps_bundle(image: ismrmrd.Image) -> QuantitativeMaps:
         raise StageImageError(f"maps bundle lists quantities {keys} for {data.shape[0]} channels")
     arrays = dict(zip(keys, data, strict=True))
     try:
-        return QuantitativeMaps(slice_index=int(image.getHead().slice), mapper=as_list(meta.get("MRF_Mapper"))[0],
+        return QuantitativeMaps(slice_index=int(image.getHead().slice), mapper=as_list(meta.get(MAPPER_KEY))[0],
                                 **arrays)
     except (TypeError, IndexError, MapsError) as exc:
         raise StageImageError(f"maps bundle is incomplete: {exc}") from None

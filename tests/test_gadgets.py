@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 
 from gadgets import compat
-from gadgets.dictionary_source import DICTIONARY_PROPERTIES, dictionary_for
 from gadgets.emit import PROPERTIES as EMIT_PROPERTIES
 from gadgets.emit import emit
 from gadgets.in_process import InProcessConnection, configuration, run_chain
 from gadgets.map_dictionary import map_dictionary
-from gadgets.map_network import NetworkMapper, map_network
-from gadgets.map_stage import ScanContext
+from gadgets.map_network import map_network
+from gadgets.map_stage import ScanContext, mapped
 from gadgets.properties import GadgetConfigError, read_properties
 from gadgets.runtime import ErrorMessage, write_error
 from gadgets.stage_images import (
@@ -36,9 +35,12 @@ from mrf_core.mapping.maps import QuantitativeMaps
 from mrf_core.physics.dictionary import cache_key
 from mrf_core.physics.epg import simulate_fingerprints
 from mrf_core.physics.sequence import default_schedule
+from mrf_core.pipeline import NetworkMapper, dictionary_for
+from mrf_core.settings import for_stages
 
 TISSUES = [(300.0, 40.0), (800.0, 60.0), (1300.0, 90.0), (2000.0, 150.0), (3500.0, 1500.0)]
 N = 10
+DICTIONARY_PROPERTIES = for_stages("dictionary")
 GEOMETRY = ImageGeometry((220.0, 220.0, 5.0), position=(1.0, -2.0, 12.5), read_dir=(0.0, 1.0, 0.0),
                          phase_dir=(-1.0, 0.0, 0.0), slice_dir=(0.0, 0.0, 1.0))
 
@@ -51,7 +53,7 @@ def schedule():
 @pytest.fixture(scope="module")
 def dict_settings(tmp_path_factory):
     cache = tmp_path_factory.mktemp("dict_cache")
-    return {"grid_step_pct": "8", "cache_dir": str(cache)}
+    return {"grid_step_pct": "8", "dictionary_cache_dir": str(cache)}
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +206,8 @@ def test_dictionary_gadget_matches_in_the_coefficients_own_subspace(schedule, di
     small = dictionary.basis.truncated(4)
     out = run_chain(header_without_schedule(), stream(schedule, small, coefficients[:4]),
                     [(map_dictionary, dict_settings)])
-    maps = read_maps_bundle(out[-1])
+    (bundle,) = [item for item in out if role_of(item) == MAPS_ROLE]
+    maps = read_maps_bundle(bundle)
     t1, t2, _ = truth
     inside = np.isfinite(t1)
     t1_error, t2_error = np.abs(maps.t1_ms[inside] / t1[inside] - 1), np.abs(maps.t2_ms[inside] / t2[inside] - 1)
@@ -215,7 +218,7 @@ def test_dictionary_gadget_matches_in_the_coefficients_own_subspace(schedule, di
 def test_dictionary_cache_is_reused(schedule, dictionary, dict_settings, caplog):
     settings = read_properties(configuration(dict_settings), DICTIONARY_PROPERTIES, "test")
     key = cache_key(schedule, dictionary.grid, settings.n_states, settings.dictionary_rank)
-    assert (settings.cache_dir / f"dict_{key}.h5").is_file()
+    assert (settings.dictionary_cache_dir / f"dict_{key}.h5").is_file()
     caplog.set_level("INFO")
     again = dictionary_for(schedule, settings)
     assert again.basis.hash == dictionary.basis.hash and "from cache" in caplog.text
@@ -251,6 +254,12 @@ def test_network_gadget_passes_unmapped_with_a_warning_when_the_model_is_missing
     assert meta["MRF_Mapper"] == "dictionary" and "network mapping not used" in str(meta["MRF_Warning"])
 
 
+def _network_mapper(model) -> NetworkMapper:
+    mapper = NetworkMapper.__new__(NetworkMapper)
+    mapper.model, mapper.unusable, mapper._checked = model, None, None
+    return mapper
+
+
 def test_network_mapper_falls_back_on_a_foreign_schedule_or_a_failing_model(schedule, dictionary, coefficients):
     class ForeignModel:
         basis = dictionary.basis
@@ -265,20 +274,21 @@ def test_network_mapper_falls_back_on_a_foreign_schedule_or_a_failing_model(sche
         def map_coefficients(self, x, basis):
             raise RuntimeError("shape mismatch in layer 3")
 
-    context = ScanContext()
-    context.add_basis_image(basis_image(dictionary.basis, schedule))
-    image = coefficient_image(coefficients, dictionary.basis.hash, GEOMETRY, 0, 100)
+    items = [basis_image(dictionary.basis, schedule), coefficient_image(coefficients, dictionary.basis.hash,
+                                                                        GEOMETRY, 0, 100)]
     for model, reason in ((ForeignModel(), "trained for schedule abc"),
                           (BrokenModel(), "RuntimeError: shape mismatch in layer 3")):
-        mapper = NetworkMapper.__new__(NetworkMapper)
-        mapper.model, mapper.unusable, mapper._checked_schedule = model, None, None
-        out = mapper(image, context)
-        assert role_of(out) == "SubspaceCoefficients" and reason in warnings_of(out)[-1]
+        out = list(mapped(items, ScanContext(), _network_mapper(model), fallback=True))
+        assert [role_of(item) for item in out] == ["TemporalBasis", "SubspaceCoefficients"]
+        assert reason in warnings_of(out[1])[-1] and "network mapping not used" in warnings_of(out[1])[-1]
+        with pytest.raises((ValueError, RuntimeError), match=reason.split(": ")[-1]):  # no fallback: an error
+            list(mapped(items, ScanContext(), _network_mapper(model), fallback=False))
 
 
 def test_network_mapper_maps_with_a_working_model(schedule, dictionary, coefficients, truth):
     """A stand-in model (dictionary matching behind the model API) shows the network path end to end: the
-    coefficients' own basis handed to the model, background left out, maps bundle with mapper 'network'."""
+    coefficients' own basis handed to the model, background left out, maps bundle with mapper 'network',
+    then the coefficient image marked as mapped."""
     from mrf_core.mapping.matching import match
 
     class MatchingModel:
@@ -294,16 +304,20 @@ def test_network_mapper_maps_with_a_working_model(schedule, dictionary, coeffici
             full[:, :6] = x
             return match(dictionary, full, device="cpu")
 
-    context = ScanContext()
-    context.add_basis_image(basis_image(dictionary.basis, schedule))
-    mapper = NetworkMapper.__new__(NetworkMapper)
-    mapper.model, mapper.unusable, mapper._checked_schedule = MatchingModel(), None, None
-    out = mapper(coefficient_image(coefficients, dictionary.basis.hash, GEOMETRY, 2, 100), context)
-    maps = read_maps_bundle(out)
+    items = [basis_image(dictionary.basis, schedule),
+             coefficient_image(coefficients, dictionary.basis.hash, GEOMETRY, 2, 100)]
+    out = list(mapped(items, ScanContext(), _network_mapper(MatchingModel()), fallback=True))
+    assert [role_of(item) for item in out] == ["TemporalBasis", MAPS_ROLE, "SubspaceCoefficients"]
+    assert image_meta(out[2])["MRF_Mapper"] == "network"
+    maps = read_maps_bundle(out[1])
     inside = np.isfinite(truth[0])
     assert maps.mapper == "network" and maps.slice_index == 2
     assert np.all(np.isnan(maps.t1_ms[~inside]))
     assert np.median(np.abs(maps.t1_ms[inside] / truth[0][inside] - 1)) < 0.1
+    # a mapped coefficient image passes later mappers untouched, and emit sends it only when asked
+    assert list(mapped(out[2:], ScanContext(), _network_mapper(None), fallback=False)) == out[2:]
+    assert run_chain(None, out[2:], [(emit, None)]) == []
+    assert run_chain(None, out[2:], [(emit, {"coefficient_images": "true"})]) == out[2:]
 
 
 # ---- emit ------------------------------------------------------------------------------------------

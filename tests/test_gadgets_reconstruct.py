@@ -13,13 +13,13 @@ from gadgets.emit import emit
 from gadgets.in_process import InProcessConnection, configuration, run_chain
 from gadgets.map_dictionary import map_dictionary
 from gadgets.map_network import map_network
-from gadgets.properties import GadgetConfigError
 from gadgets.reconstruct import reconstruct
 from gadgets.runtime import ErrorMessage
 from gadgets.stage_images import BASIS_ROLE, read_basis_image, read_coefficients, role_of, warnings_of
 from mrf_core.io.map_images import COEFFICIENT_ROLE, image_meta
 from mrf_core.io.rawio import RawAcquisitionError, RawHeaderError
 from mrf_core.physics.sequence import FispSchedule
+from mrf_core.pipeline import PipelineError
 from mrf_core.recon.gather import GatherError
 
 DICT = {"grid_step_pct": "8"}
@@ -27,7 +27,7 @@ DICT = {"grid_step_pct": "8"}
 
 @pytest.fixture(scope="module")
 def props(tmp_path_factory):
-    return {**DICT, "cache_dir": str(tmp_path_factory.mktemp("dict_cache"))}
+    return {**DICT, "dictionary_cache_dir": str(tmp_path_factory.mktemp("dict_cache"))}
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +139,12 @@ def test_nan_readout_is_an_error(sim_small_scan, props):
 def test_zero_imaging_acquisitions_is_an_error(sim_small_scan, props):
     scan, acquisitions, _ = sim_small_scan
     noise_only = [a for a in acquisitions if a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
-    _fails(scan.header, noise_only, props, GatherError, "without imaging acquisitions")
+    _fails(scan.header, noise_only, props, GatherError, "no imaging acquisitions")
 
 
 def test_basis_model_without_a_model_is_an_error(sim_small_scan, props, tmp_path):
     _fails(sim_small_scan[0].header, _untouchable(), {**props, "basis": "model", "model": str(tmp_path / "x.pt")},
-           GadgetConfigError, "basis = model, but the model cannot be used: no model file")
+           PipelineError, "basis = model, but the model cannot be used: no model file")
 
 
 def test_bad_index_map_property_is_an_error(sim_small_scan, props):

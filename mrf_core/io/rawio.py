@@ -28,6 +28,7 @@ Time stamps: acquisition_time_stamp in ticks of TIMESTAMP_TICK_MS = 2.5 ms (the 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -421,8 +422,9 @@ def _append(dset: h5py.Dataset, block: list, n: int) -> int:
 
 # ---- reading ---------------------------------------------------------------------------------------
 class MrfRawFile:
-    """An ISMRMRD raw file opened for streaming: the header is parsed and validated on opening,
-    acquisitions are read `_READ_BLOCK` at a time, never the whole file."""
+    """An ISMRMRD raw file opened for streaming: the header is parsed on opening and validated when `info`
+    is first asked for (a pipeline may first replace its schedule or index map); acquisitions are read
+    `_READ_BLOCK` at a time, never the whole file."""
 
     def __init__(self, path: str | Path, dataset: str = "dataset", index_map: IndexMap | None = None):
         self.path = Path(path)
@@ -441,11 +443,16 @@ class MrfRawFile:
                 self.header = ismrmrd.xsd.CreateFromDocument(self._group["xml"][0])
             except Exception as exc:  # xsdata raises several types for malformed XML
                 raise RawHeaderError(f"{self.path}: the ISMRMRD header does not parse: {exc}") from exc
-            self.info = validate_header(self.header, index_map)
         except BaseException:
             self._file.close()
             raise
         self._data = self._group["data"]
+        self._index_map = index_map
+
+    @functools.cached_property
+    def info(self) -> ScanInfo:
+        """The validated header (RawHeaderError says what it lacks)."""
+        return validate_header(self.header, self._index_map)
 
     def __enter__(self) -> MrfRawFile:
         return self

@@ -125,3 +125,9 @@ def object_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
         return np.zeros(magnitude.shape, dtype=bool)
     reference = np.percentile(finite, 99.0)
     return np.isfinite(magnitude) & (magnitude > fraction * reference) & (reference > 0)
+
+
+def map_nrmse(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """||estimate - truth|| / ||truth|| over `mask`; unmapped voxels (NaN) count as 0."""
+    e = np.where(np.isfinite(estimate), estimate, 0.0)[mask]
+    return float(np.linalg.norm(e - truth[mask]) / np.linalg.norm(truth[mask]))

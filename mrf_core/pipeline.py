@@ -1,0 +1,391 @@
+"""The MRF pipeline: a scan's header and acquisitions -> per-slice coefficient images and maps -> images.
+
+The gadgets and `mrf reconstruct` are thin adapters over this module, with the settings of one table
+(mrf_core.settings), so a scan gives the same maps through either:
+
+    Reconstruction  scan settings (schedule from the header or a schedule file, index map), the temporal
+                    basis (the network model's or the dictionary's), gather into slices, prewhitening and
+                    the subspace reconstruction (mrf_core.recon), object mask   -> SliceCoefficients
+    NetworkMapper   the TorchScript network (after a check of schedule and basis)  -> QuantitativeMaps
+    DictionaryMapper dictionary matching in the coefficients' own subspace        -> QuantitativeMaps
+    Mapping         the mapper chain of the `mapper` setting: network with dictionary fallback (a reason
+                    for each fallback), dictionary only, or none
+    output_images   the ISMRMRD images a scanner stores: one series per map (series_base ...), and the
+                    coefficient images (series COEFFICIENT_SERIES) when asked
+
+In a Gadgetron chain the stages run in separate processes (gadgets.reconstruct, map_network,
+map_dictionary, emit) and `mapper` is the chain's choice of nodes; `run_scan` runs them in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ismrmrd
+import numpy as np
+
+from mrf_core.errors import MrfError
+from mrf_core.io.map_images import ImageGeometry, coefficient_image, map_images
+from mrf_core.io.rawio import IndexMap, ScanInfo, validate_header
+from mrf_core.mapping.maps import QuantitativeMaps, object_mask
+from mrf_core.physics.dictionary import GRIDS, Dictionary, cached_dictionary, percent_grid
+from mrf_core.physics.sequence import FispSchedule, ScheduleError, load_schedule
+from mrf_core.physics.temporal_basis import TemporalBasis
+from mrf_core.recon.gather import GatherError, SliceData, SliceGatherer
+from mrf_core.recon.reconstruct import ReconResult, ReconSettings, reconstruct_slice
+
+log = logging.getLogger(__name__)
+
+COEFFICIENT_SERIES = 10  # image_series_index of the coefficient images, in a chain and from the command line
+WARNING_KEY = "MRF_Warning"  # image meta listing warnings about an image (e.g. why the network did not map it)
+
+
+class PipelineError(MrfError):
+    """Settings that do not fit the scan (a rank above the basis', an unusable model asked for)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: the message of an explained error, else its type and message."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, MrfError | OSError) else f"{type(exc).__name__}: {text}"
+
+
+def set_threads(n_threads: int) -> None:
+    """Cap torch's intra-op threads in this process; 0 keeps torch's default."""
+    if n_threads > 0:
+        import torch
+
+        torch.set_num_threads(n_threads)
+
+
+# ---- the scan ----------------------------------------------------------------------------------------
+def scan_info(header, settings) -> ScanInfo:
+    """The validated header, with the `schedule_file` and `index_map` settings applied (the schedule file
+    replaces the header's sequenceParameters, with a warning when they differ)."""
+    if settings.schedule_file is not None:
+        schedule = load_schedule(settings.schedule_file)
+        try:
+            stated = FispSchedule.from_ismrmrd(header)
+        except (ScheduleError, AttributeError):
+            stated = None
+        if stated is not None and stated.hash != schedule.hash:
+            log.warning("schedule_file %s (hash %s) replaces the header's schedule (hash %s)",
+                        settings.schedule_file, schedule.hash, stated.hash)
+        schedule.to_ismrmrd(header)
+    index_map = IndexMap.from_string(settings.index_map) if settings.index_map else None
+    info = validate_header(header, index_map)
+    log.info("scan: schedule %s (%d TRs, hash %s), matrix %d, FOV %g mm, %s slices, %s channels, index map %s",
+             info.schedule.name, info.schedule.n_timepoints, info.schedule.hash, info.matrix, info.fov_mm,
+             info.n_slices or "?", info.n_channels or "?", info.index_map.to_string())
+    return info
+
+
+def gathered(acquisitions: Iterable, info: ScanInfo, settings) -> Iterator[SliceData]:
+    """Complete slices as they fill up, then what is left when the stream ends; a stream without imaging
+    readouts is a GatherError."""
+    gatherer = SliceGatherer(info, settings.max_missing_fraction)
+    n_slices = 0
+    for acquisition in acquisitions:
+        for data in gatherer.add(acquisition):
+            n_slices += 1
+            yield data
+    for data in gatherer.finish():
+        n_slices += 1
+        yield data
+    if n_slices == 0:
+        raise GatherError("the scan has no imaging acquisitions: nothing to reconstruct")
+
+
+def _fov_z_mm(header) -> float:
+    try:
+        return float(header.encoding[0].encodedSpace.fieldOfView_mm.z) or 1.0
+    except (AttributeError, IndexError, TypeError):
+        return 1.0
+
+
+# ---- dictionary and model ----------------------------------------------------------------------------
+def dictionary_for(schedule: FispSchedule, settings, progress: bool = False) -> Dictionary:
+    """The dictionary of the settings for `schedule`: `dictionary_file` (checked against the schedule), or
+    the grid built for it (or read from `dictionary_cache_dir`)."""
+    if settings.dictionary_file is not None:
+        start = time.perf_counter()
+        dictionary = Dictionary.load(settings.dictionary_file, schedule=schedule, fingerprints=False)
+        log.info("dictionary %s loaded in %.2f s: %d atoms, basis rank %d", settings.dictionary_file,
+                 time.perf_counter() - start, dictionary.n_atoms, dictionary.basis.rank)
+        return dictionary
+    b1_axis = np.asarray(settings.b1_values)
+    grid = (percent_grid(settings.grid_step_pct, b1_axis=b1_axis) if settings.grid == "percent"
+            else GRIDS[settings.grid](b1_axis=b1_axis))
+    return cached_dictionary(schedule, grid, settings.n_states, settings.dictionary_rank,
+                             settings.dictionary_cache_dir, progress=progress)
+
+
+def load_network(path: Path | None, device: str):
+    """(model, None), or (None, why it cannot be used): mapping code not installed, no file, not a valid
+    archive. Never raises: the caller falls back to the dictionary with the reason."""
+    try:
+        from mrf_core.mapping import default_model_path, load_model
+    except ImportError as exc:
+        return None, f"the network mapping code is not installed ({exc})"
+    path = Path(path) if path is not None else Path(default_model_path())
+    if not path.is_file():
+        return None, f"no model file at {path}"
+    try:
+        return load_model(path, device=device), None
+    except Exception as exc:  # any failure to load means: fall back, with the reason
+        return None, f"model {path} cannot be used: {one_line(exc)}"
+
+
+def _model_basis(model, schedule: FispSchedule) -> TemporalBasis:
+    model.check(schedule)
+    if model.basis is None:
+        raise PipelineError(f"model {model.path.name} maps time courses: it has no subspace basis")
+    return model.basis
+
+
+def recon_basis(settings, schedule: FispSchedule) -> tuple[TemporalBasis, str]:
+    """The basis to reconstruct in and where it came from ("model <file>" or "dictionary"), by the `basis`
+    setting: the model's (used whole), the dictionary's (truncated to `rank`), or auto: the model's when it
+    loads and was trained for this schedule, else the dictionary's."""
+    if settings.basis != "dictionary":
+        model, reason = load_network(settings.model, "cpu")
+        if model is not None:
+            try:
+                return _model_basis(model, schedule), f"model {model.path.name}"
+            except MrfError as exc:
+                reason = one_line(exc)
+        if settings.basis == "model":
+            raise PipelineError(f"basis = model, but the model cannot be used: {reason}")
+        log.info("basis from the dictionary (the network model cannot be used: %s)", reason)
+    dictionary = dictionary_for(schedule, settings)
+    if settings.rank > dictionary.basis.rank:
+        raise PipelineError(f"rank = {settings.rank} exceeds the dictionary basis' rank {dictionary.basis.rank} "
+                            "(setting dictionary_rank)")
+    return dictionary.basis, "dictionary"
+
+
+def recon_settings(settings, basis_source: str) -> ReconSettings:
+    """ReconSettings from the table's settings; `rank` applies to a dictionary basis only."""
+    rank = settings.rank if basis_source == "dictionary" and settings.rank > 0 else None
+    defaults = ReconSettings()
+    return ReconSettings(
+        method=settings.method, rank=rank, n_virtual_coils=settings.virtual_coils or None,
+        coil_method=settings.coil_method, nufft_backend=settings.nufft_backend,
+        n_iterations=settings.iterations or None, llr_lambda=settings.llr_lambda, device=settings.device,
+        n_threads=settings.threads or defaults.n_threads,
+        psf_cache_dir=str(settings.psf_cache_dir) if settings.psf_cache_dir is not None else None,
+    )
+
+
+# ---- reconstruction ----------------------------------------------------------------------------------
+@dataclass
+class SliceCoefficients:
+    """One reconstructed slice: coefficients (K, ny, nx) complex64 in `basis`, 0 outside the object mask
+    (mappers leave all-zero voxels unmapped), where the slice is, and the reconstruction's record."""
+
+    slice_index: int
+    coefficients: np.ndarray
+    basis: TemporalBasis
+    geometry: ImageGeometry
+    result: ReconResult
+
+    def image(self) -> ismrmrd.Image:
+        """The coefficient image (series COEFFICIENT_SERIES), as the reconstruct gadget sends it."""
+        return coefficient_image(self.coefficients, self.basis.hash, self.geometry, self.slice_index,
+                                 COEFFICIENT_SERIES, {"MRF_Method": self.result.method})
+
+
+class Reconstruction:
+    """One scan's reconstruction: the header checked, the basis chosen; `slices(acquisitions)` yields each
+    slice's SliceCoefficients as soon as its readouts are complete."""
+
+    def __init__(self, header, settings, progress: bool = False):
+        self.settings = settings
+        self.progress = progress
+        self.info = scan_info(header, settings)
+        self.basis, self.basis_source = recon_basis(settings, self.info.schedule)
+        self.options = recon_settings(settings, self.basis_source)
+        self.fov_mm = (self.info.fov_mm, self.info.fov_mm, _fov_z_mm(header))
+        log.info("%s reconstruction in the basis of the %s (rank %d, hash %s)", self.options.method,
+                 self.basis_source, self.options.rank or self.basis.rank, self.basis.hash)
+
+    @property
+    def schedule(self) -> FispSchedule:
+        return self.info.schedule
+
+    def slices(self, acquisitions: Iterable) -> Iterator[SliceCoefficients]:
+        for data in gathered(acquisitions, self.info, self.settings):
+            result = reconstruct_slice(data, self.basis, self.options, progress=self.progress)
+            coefficients = result.coefficients
+            if self.settings.mask_fraction > 0:
+                mask = object_mask(result.time_average, self.settings.mask_fraction)
+                coefficients = np.where(mask[None], coefficients, 0).astype(np.complex64)
+            geometry = (ImageGeometry.from_acquisition(data.acquisition_header, self.fov_mm)
+                        if data.acquisition_header is not None else ImageGeometry(self.fov_mm))
+            timings = ", ".join(f"{k} {v:.2f}" for k, v in result.timings_s.items())
+            log.info("slice %d (%d readouts, %d coils): %s s", data.slice_index, data.n_readouts, data.n_coils,
+                     timings)
+            for note in result.notes:
+                log.info("slice %d: %s", data.slice_index, note)
+            yield SliceCoefficients(data.slice_index, coefficients, result.basis, geometry, result)
+
+
+# ---- mapping -----------------------------------------------------------------------------------------
+def object_voxels(coefficients: np.ndarray) -> np.ndarray:
+    """Voxels of coefficients (ny, nx, K) worth mapping: finite and not all zero."""
+    return np.isfinite(coefficients).all(axis=-1) & (np.abs(coefficients) > 0).any(axis=-1)
+
+
+class _Scattered:
+    """A mapper's per-voxel result for the masked voxels, spread over the whole slice (NaN elsewhere)."""
+
+    def __init__(self, result, mask: np.ndarray):
+        def spread(values, fill):
+            full = np.full(mask.shape, fill, dtype=np.asarray(values).dtype)
+            full[mask] = np.asarray(values).reshape(-1)
+            return full
+
+        self.t1_ms, self.t2_ms = spread(result.t1_ms, np.nan), spread(result.t2_ms, np.nan)
+        self.b1 = spread(result.b1, np.nan)
+        self.pd, self.score = spread(result.pd, 0), spread(result.score, 0)
+
+
+class NetworkMapper:
+    """The network model of the settings. Calling it maps a slice or raises with the reason it cannot
+    (`unusable` says so up front when the model did not load)."""
+
+    name = "network"
+
+    def __init__(self, settings):
+        self.model, self.unusable = load_network(settings.model, settings.device)
+        self._checked: str | None = None
+
+    def __call__(self, coefficients: np.ndarray, basis: TemporalBasis, schedule: FispSchedule,
+                 slice_index: int) -> QuantitativeMaps:
+        if self.model is None:
+            raise PipelineError(self.unusable)
+        if self._checked != schedule.hash:
+            _model_basis(self.model, schedule)  # ModelMismatchError explains another schedule
+            self._checked = schedule.hash
+        x = np.moveaxis(coefficients, 0, -1)
+        mask = object_voxels(x)
+        result = self.model.map_coefficients(x[mask], basis)  # converts from `basis` when it differs
+        return QuantitativeMaps.from_match(_Scattered(result, mask), mask.shape, slice_index, self.name, mask)
+
+
+class DictionaryMapper:
+    """Dictionary matching with the settings' dictionary, made on first use for the scan's schedule, in
+    the coefficients' own subspace (Dictionary.in_basis: atoms normalised in the data's subspace)."""
+
+    name = "dictionary"
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._dictionary: Dictionary | None = None
+        self._in_basis: dict[str, Dictionary] = {}
+
+    def dictionary(self, schedule: FispSchedule, basis: TemporalBasis) -> Dictionary:
+        if self._dictionary is None:
+            self._dictionary = dictionary_for(schedule, self.settings)
+        if basis.hash not in self._in_basis:
+            self._in_basis[basis.hash] = self._dictionary.in_basis(basis)
+        return self._in_basis[basis.hash]
+
+    def __call__(self, coefficients: np.ndarray, basis: TemporalBasis, schedule: FispSchedule,
+                 slice_index: int) -> QuantitativeMaps:
+        from mrf_core.mapping.matching import match
+
+        dictionary = self.dictionary(schedule, basis)
+        if dictionary.basis.rank != coefficients.shape[0]:
+            raise PipelineError(f"coefficients have {coefficients.shape[0]} components, their basis "
+                                f"{basis.hash} has rank {dictionary.basis.rank}")
+        x = np.moveaxis(coefficients, 0, -1)
+        mask = object_voxels(x)
+        result = match(dictionary, x, mask=mask, search=self.settings.search, device="cpu")
+        if not dictionary.has_b1:  # one B1 value is an assumption, not an estimate: no B1 map
+            result.b1 = np.full_like(result.b1, np.nan)
+        return QuantitativeMaps.from_match(result, mask.shape, slice_index, self.name, mask)
+
+
+MAPPER_CHAINS = {"network": (NetworkMapper, DictionaryMapper), "dictionary": (DictionaryMapper,), "none": ()}
+
+
+@dataclass
+class SliceOutput:
+    """A slice through the whole pipeline: its coefficients, its maps (None with mapper none) and the
+    warnings collected on the way (e.g. why the network did not map it)."""
+
+    coefficients: SliceCoefficients
+    maps: QuantitativeMaps | None
+    warnings: list[str] = field(default_factory=list)
+
+
+class Mapping:
+    """The mapper chain of the `mapper` setting, in one process: each mapper in turn until one maps the
+    slice; a mapper that cannot is logged with its reason and the next one tries. The last mapper's
+    failure is the slice's error."""
+
+    def __init__(self, settings):
+        self.mappers = [make(settings) for make in MAPPER_CHAINS[settings.mapper]]
+
+    def __call__(self, slice_: SliceCoefficients, schedule: FispSchedule) -> SliceOutput:
+        warnings: list[str] = []
+        for position, mapper in enumerate(self.mappers):
+            last = position == len(self.mappers) - 1
+            started = time.perf_counter()
+            try:
+                maps = mapper(slice_.coefficients, slice_.basis, schedule, slice_.slice_index)
+            except Exception as exc:
+                if last:
+                    raise
+                log.debug("%s mapping failed", mapper.name, exc_info=True)
+                warning = f"{mapper.name} mapping not used: {one_line(exc)}"
+                log.warning("slice %d: %s; the %s mapper takes over", slice_.slice_index, warning,
+                            self.mappers[position + 1].name)
+                warnings.append(warning)
+                continue
+            log.info("slice %d: %s mapping %.2f s, %d voxels", slice_.slice_index, mapper.name,
+                     time.perf_counter() - started, int(maps.mask.sum()))
+            return SliceOutput(slice_, maps, warnings)
+        return SliceOutput(slice_, None, warnings)
+
+
+def run_scan(header, acquisitions: Iterable, settings, progress: bool = False) -> Iterator[SliceOutput]:
+    """The whole pipeline in this process: each slice reconstructed and mapped as its readouts complete."""
+    set_threads(settings.threads)
+    reconstruction = Reconstruction(header, settings, progress)
+    mapping = Mapping(settings)
+    for slice_ in reconstruction.slices(acquisitions):
+        yield mapping(slice_, reconstruction.schedule)
+
+
+# ---- output ------------------------------------------------------------------------------------------
+def ascii_text(text: str) -> str:
+    """Image meta is ASCII only."""
+    return text.encode("ascii", errors="replace").decode("ascii")
+
+
+def scanner_images(maps: QuantitativeMaps, geometry: ImageGeometry, warnings: list[str], settings
+                   ) -> list[ismrmrd.Image]:
+    """The map images of one slice as the output settings ask (series, ushort, windows, which maps)."""
+    windows = {key: window for key, window in (("t1_ms", settings.t1_window), ("t2_ms", settings.t2_window))
+               if window is not None}
+    extra = {WARNING_KEY: [ascii_text(w) for w in warnings]} if warnings else None
+    images = map_images(maps, geometry, series_base=settings.series_base, as_ushort=settings.ushort,
+                        extra_meta=extra, windows=windows)
+    return [image for image, key in zip(images, maps.arrays(), strict=True) if key in settings.maps]
+
+
+def output_images(output: SliceOutput, settings) -> list[ismrmrd.Image]:
+    """Everything a slice sends to the scanner: its map images, and its coefficient image when
+    `coefficient_images` is set or when nothing mapped it."""
+    images = []
+    if output.maps is not None:
+        images = scanner_images(output.maps, output.coefficients.geometry, output.warnings, settings)
+    if settings.coefficient_images or output.maps is None:
+        images.append(output.coefficients.image())
+    return images
