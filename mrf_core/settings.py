@@ -246,6 +246,26 @@ def parse_settings(given: dict[str, str], table: Iterable[Setting] = SETTINGS, w
     return SimpleNamespace(**values)
 
 
+_READERS = {"gather": "reconstruct", "recon": "reconstruct", "network": "map_network",
+            "dictionary": "map_dictionary", "output": "emit", "cli": "command line only"}
+
+
+def markdown_table() -> str:
+    """The table as Markdown, for the README (`python -m mrf_core.settings` prints it)."""
+    rows = ["| setting (property, `--flag`) | default | read by | meaning |", "|---|---|---|---|"]
+    cache_root = str(mrf_core.cache_dir(""))  # this machine's: shown by its rule
+    for s in SETTINGS:
+        readers = ", ".join(dict.fromkeys(_READERS[stage] for stage in s.stages))
+        shown = s.default.replace(cache_root, "$XDG_CACHE_HOME/mrf-gadgetron")
+        default = f"`{shown}`" if s.default else "(empty)"
+        rows.append(f"| `{s.name}` | {default} | {readers} | {s.help.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
 def defaults(*stages: str) -> SimpleNamespace:
     """Every setting of `stages` (all without) at its default."""
     return parse_settings({}, for_stages(*stages) if stages else SETTINGS)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -52,7 +52,9 @@ def test_torch_cpu_2_13_is_installed_before_the_package():
 
 
 def test_the_copied_files_build_the_package_with_its_data(tmp_path):
-    """What the image copies (pyproject, README, mrf_core, gadgets) is enough to build the wheel it installs."""
+    """What the image copies (pyproject, README, the packages, config_xml) builds the wheel it installs: every
+    module of the tree (pyproject lists the packages), the data, and the stream configurations, which an
+    installed package finds by name without a checkout."""
     src = tmp_path / "src"
     src.mkdir()
     for source in ("pyproject.toml", "README.md", "mrf_core", "gadgets", "mrf_gadgetron", "config_xml"):
@@ -68,6 +70,21 @@ def test_the_copied_files_build_the_package_with_its_data(tmp_path):
         assert needed in names
     if (ROOT / "mrf_core/data/default_model.pt").is_file():
         assert "mrf_core/data/default_model.pt" in names, "the default model must ship in the package"
+    modules = {str(p.relative_to(ROOT)) for package in ("mrf_core", "gadgets", "mrf_gadgetron")
+               for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts}
+    assert modules - set(names) == set(), "pyproject.toml [tool.setuptools] packages misses a package"
+    configurations = {f"mrf_gadgetron/config_xml/{p.name}" for p in (ROOT / "config_xml").glob("*.xml")}
+    assert configurations and configurations <= set(names)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+                    str(next((tmp_path / "dist").glob("*.whl")))], check=True, capture_output=True, timeout=120)
+    probe = ("from mrf_gadgetron.host.stream_config import default_config_dir, resolve_config_name; "
+             "print(default_config_dir()); print(resolve_config_name('mrf_default'))")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == [str(site / "mrf_gadgetron" / "config_xml"), str(site / "mrf_gadgetron" / "config_xml" /
+                                                                  "mrf_default.xml")]
 
 
 def test_the_verification_line_passes_here():

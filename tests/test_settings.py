@@ -92,3 +92,10 @@ def test_parse_errors_name_the_setting_and_what_it_accepts():
     with pytest.raises(GadgetConfigError, match="property device = 'gpu': must be cpu, cuda or cuda:N"):
         read_properties(configuration({"device": "gpu"}), map_network.PROPERTIES, "map_network")
     assert read_properties(configuration({"device": "cuda:1"}), map_network.PROPERTIES, "m").device == "cuda:1"
+
+
+def test_the_readme_shows_the_table():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert table.markdown_table() in readme, "README's table is stale: paste `python -m mrf_core.settings`"
