@@ -1,4 +1,10 @@
-"""mrf_core: the MRF reconstruction library (no Gadgetron imports; usable from a notebook)."""
+"""mrf_core: the MRF reconstruction library (no Gadgetron imports; usable from a notebook).
+
+Grouped by concern: physics/ (schedule, EPG, dictionaries, temporal basis), recon/ (gather, trajectory,
+NUFFT, coils, subspace reconstruction), mapping/ (matching, networks, maps), io/ (raw files, map images),
+sim/ (phantoms, simulator), qa/ (phantom QA); pipeline and settings join them into the chain the gadgets
+and the command line share.
+"""
 
 __version__ = "0.1.0"
 

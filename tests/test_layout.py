@@ -1,0 +1,45 @@
+"""The layout promises: mrf_core is a library without Gadgetron (or application) imports, and the README's
+layout section names every package and module of the tree."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mrf_core
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules(package: str) -> list[str]:
+    path = ROOT / package
+    return sorted(m.name for m in pkgutil.walk_packages([str(path)], prefix=f"{package}.")
+                  if not m.name.split(".")[-1].startswith("_"))
+
+
+def test_mrf_core_imports_no_gadgetron_and_no_application_code():
+    modules = _modules("mrf_core")
+    assert "mrf_core.pipeline" in modules and "mrf_core.recon.reconstruct" in modules
+    probe = ("import importlib, sys\n"
+             f"for name in {modules!r}:\n"
+             "    importlib.import_module(name)\n"
+             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('gadgetron', 'gadgets', 'mrf_gadgetron'))\n"
+             "print(','.join(bad))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_the_readme_layout_names_every_package_and_module():
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("## Layout"):]
+    block = block[block.index("```") + 3:]
+    block = block[:block.index("```")]
+    words = set(block.replace(",", " ").replace("(", " ").replace(")", " ").split())
+    for package in ("mrf_core", "mrf_gadgetron", "gadgets"):
+        for name in _modules(package):
+            leaf = name.split(".")[-1]
+            is_package = (ROOT / name.replace(".", "/")).is_dir()
+            assert (f"{leaf}/" if is_package else leaf) in words, f"README layout does not name {name}"
+    assert mrf_core.__version__
