@@ -1,41 +1,59 @@
-"""Figures a person would rather look at than read: fingerprints, dictionaries, maps (PNG, Agg)."""
+"""Figures a person would rather look at than read: fingerprints, dictionaries, maps (PNG, Agg).
+
+Figures are matplotlib.figure.Figure objects with their own Agg canvas (`new_figure`): pyplot is not
+used and matplotlib's backend is never set, so plotting from a notebook or another application leaves
+its backend and its pyplot figures alone.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mrf_core.io.atomic import atomic_path
 from mrf_core.physics.sequence import FispSchedule
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def _pyplot():
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def new_figure(**kwargs) -> Figure:
+    """A matplotlib Figure (Figure's keyword arguments: figsize, dpi, ...) drawn by its own Agg canvas,
+    outside pyplot: nothing global changes, and nothing needs closing."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    return plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def new_subplots(nrows: int = 1, ncols: int = 1, *, figsize=None, dpi=None, **kwargs):
+    """(figure, axes) as pyplot.subplots gives them (kwargs: Figure.subplots'), from `new_figure`."""
+    fig = new_figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def save_figure(fig, path: str | Path) -> None:
-    """Save a matplotlib figure atomically (PNG by the file's suffix) and close it."""
-    plt = _pyplot()
+    """Save a matplotlib figure atomically (PNG by the file's suffix); a pyplot figure is closed too."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None and getattr(fig.canvas, "manager", None) is not None:
+        pyplot.close(fig)
 
 
 def plot_fingerprints(
     schedule: FispSchedule, signals: np.ndarray, labels: Sequence[str], path: str | Path
 ) -> None:
     """Flip-angle schedule above, |signal| of each fingerprint below, against time (s)."""
-    plt = _pyplot()
     time_s = np.cumsum(schedule.tr_ms) / 1000.0
-    fig, (ax_fa, ax_sig) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, height_ratios=[1, 2])
+    fig, (ax_fa, ax_sig) = new_subplots(2, 1, figsize=(9, 5.5), sharex=True, height_ratios=[1, 2])
     ax_fa.plot(time_s, schedule.flip_angle_deg, color="0.3", lw=1)
     ax_fa.set_ylabel("flip angle (deg)")
     ax_fa.set_title(f"{schedule.name}: {schedule.n_timepoints} TRs, TE {schedule.te_ms:g} ms")
@@ -50,8 +68,7 @@ def plot_fingerprints(
 
 def plot_basis(basis, schedule: FispSchedule, path: str | Path) -> None:
     """Residual energy by rank (log) beside the basis vectors over time."""
-    plt = _pyplot()
-    fig, (ax_energy, ax_vectors) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_energy, ax_vectors) = new_subplots(1, 2, figsize=(11, 4))
     ranks = np.arange(1, min(30, basis.n_timepoints) + 1)
     ax_energy.semilogy(ranks, [max(basis.residual_energy(k), 1e-12) for k in ranks], "o-", ms=3)
     ax_energy.axvline(basis.rank, color="0.5", ls="--", lw=1)

@@ -12,6 +12,7 @@ import pytest
 from mrf_core.io.rawio import validate_header
 from mrf_core.physics.dictionary import build_dictionary, percent_grid
 from mrf_core.recon.gather import GatherError, SliceGatherer
+from mrf_core.recon.nufft import backend_available
 from mrf_core.recon.reconstruct import METHODS, ReconError, ReconSettings, kspace_coverage, reconstruct_slice
 
 
@@ -124,6 +125,17 @@ def test_bad_inputs(small):
         reconstruct_slice(data, other, ReconSettings(rank=3))
     with pytest.raises(ReconError, match="method"):
         ReconSettings(method="magic")
+
+
+@pytest.mark.skipif(backend_available("cufinufft", "cuda"), reason="a GPU is present")
+def test_settings_reject_an_unavailable_nufft_backend():
+    """The availability check runs when the settings are made, naming backend and device."""
+    with pytest.raises(ReconError, match="'cufinufft' on device 'cpu' is not available"):
+        ReconSettings(nufft_backend="cufinufft")
+    with pytest.raises(ReconError, match="'finufft' on device 'cuda' is not available"):
+        ReconSettings(nufft_backend="finufft", device="cuda")
+    assert ReconSettings(nufft_backend="finufft", device="cpu").nufft_backend == "finufft"
+    assert ReconSettings().iterations == 30
 
 
 def test_zero_readouts_and_one_coil_are_documented_fallbacks(small):

@@ -83,7 +83,7 @@ def test_interrupted_replay_leaves_no_stage_process(sim_small_scan, test_gadget,
 
 
 def stage_pids(parent: int) -> list[int]:
-    """The `python -m gadgetron` children of a process."""
+    """The stage children of a process (`python -m mrf_gadgetron.host.stage_main`, which runs gadgetron)."""
     pids = []
     for entry in os.listdir("/proc"):
         try:
@@ -93,6 +93,6 @@ def stage_pids(parent: int) -> list[int]:
                 cmdline = f.read().split(b"\0")
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == parent and b"gadgetron" in cmdline:
+        if ppid == parent and b"mrf_gadgetron.host.stage_main" in cmdline:
             pids.append(int(entry))
     return pids

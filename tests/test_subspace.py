@@ -8,12 +8,14 @@ import pytest
 
 from mrf_core.recon.nufft import backend_available
 from mrf_core.recon.subspace import (
+    _LIPSCHITZ_MARGIN,
     SubspaceOperator,
     SubspaceSampling,
     ToeplitzNormal,
     conjugate_gradient,
     fista_llr,
     llr_threshold,
+    power_iteration,
     reduce_readouts,
 )
 from mrf_core.recon.trajectory import SpiralParams, design_spiral
@@ -139,3 +141,89 @@ def test_fista_without_regularisation_approaches_least_squares():
     rhs = op.adjoint(op.forward(c) * sampling.dcf[sampling.group][:, None, :])
     x, record = fista_llr(lambda v: normal.apply(v, maps), rhs, n_iterations=40, lambda_llr=0.0)
     assert np.linalg.norm(x - c) / np.linalg.norm(c) < 0.1 and record.values[-1] < record.values[0]
+
+
+def _hidden_eigenvalue_operator(shape, top):
+    """N = I + (top - 1) u u^H (complex128) with u orthogonal to power_iteration's seeded start vector: the
+    power iteration sees only the eigenvalue 1, so 1.25 x its estimate is far below N's largest, `top`."""
+    rng = np.random.default_rng(0)  # power_iteration's start, as it draws it
+    start = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64).ravel()
+    start = start.astype(np.complex128)
+    u = np.random.default_rng(1).standard_normal(start.size) + 0j
+    u -= start * (np.vdot(start, u) / np.vdot(start, start))
+    u /= np.linalg.norm(u)
+
+    def normal(v):
+        flat = np.asarray(v, dtype=np.complex128).ravel()
+        return (flat + (top - 1.0) * u * np.vdot(u, flat)).reshape(shape)
+
+    def solve(b):  # N^-1 b
+        flat = b.ravel()
+        return (flat - (1.0 - 1.0 / top) * u * np.vdot(u, flat)).reshape(shape)
+
+    return normal, solve
+
+
+def _data_objective(normal, rhs, x):
+    x = np.asarray(x, dtype=np.complex128)
+    return 0.5 * np.vdot(x, normal(x)).real - np.vdot(x, rhs).real
+
+
+def test_fista_backtracks_where_the_power_iteration_underestimates():
+    """The step-size estimate is 1.25 (power iteration: eigenvalue 1) while N's largest eigenvalue is 4: a
+    fixed step 1/1.25 diverges along u; backtracking keeps FISTA's rate, F(x_k) - F* <= 2 L ||x0 - x*||^2 /
+    (k + 1)^2 with L <= 2 x 4 (Beck & Teboulle 2009, theorem 4.4), and converges to N^-1 rhs."""
+    shape, top = (2, 8, 8), 4.0
+    normal, solve = _hidden_eigenvalue_operator(shape, top)
+    assert _LIPSCHITZ_MARGIN * power_iteration(normal, shape, n_iterations=8) < top / 3  # the premise
+    rhs = _random(np.random.default_rng(2), shape).astype(np.complex128)
+    best = solve(rhs)
+    f_best = _data_objective(normal, rhs, best)
+    for k in (1, 2, 5, 10, 20, 40, 80):
+        x, record = fista_llr(normal, rhs, n_iterations=k, lambda_llr=0.0)
+        gap = _data_objective(normal, rhs, x) - f_best
+        assert np.all(np.isfinite(x)) and record.lipschitz <= 2 * top
+        assert gap <= 2 * (2 * top) * np.vdot(best, best).real / (k + 1) ** 2 + 1e-5 * abs(f_best)
+    assert np.linalg.norm(x - best) / np.linalg.norm(best) < 1e-4
+    # a given step-size constant far too small backtracks too; small LLR lambda stays near N^-1 rhs
+    x, record = fista_llr(normal, rhs, n_iterations=80, lambda_llr=1e-3, lipschitz=1e-2)
+    assert top / 2 <= record.lipschitz <= 2 * top
+    assert np.linalg.norm(x - best) / np.linalg.norm(best) < 1e-2
+
+
+def test_import_and_compile_without_a_writable_numba_cache(tmp_path):
+    """An installed package run by another user has no writable cache folder for numba's cache=True; the
+    module must still import and its compiled kernel run. As root permission bits stop no write, so every
+    folder numba tries (NUMBA_CACHE_DIR, the module's __pycache__, the user's cache) lies under a regular
+    file or is one, in a copy of the package."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mrf_core
+
+    copy = tmp_path / "src" / "mrf_core"
+    shutil.copytree(Path(mrf_core.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "recon" / "__pycache__").write_text("")  # numba's in-tree cache folder cannot be made
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src"), "PYTHONDONTWRITEBYTECODE": "1",
+           "NUMBA_CACHE_DIR": str(blocker / "numba"), "XDG_CACHE_HOME": str(blocker / "cache"), "HOME": str(blocker)}
+    code = (
+        "import numpy as np\n"
+        "import mrf_core.recon.subspace as s\n"
+        f"assert s.__file__.startswith({str(copy)!r}), s.__file__\n"
+        "kernel = np.ones((2, 2, 5000), np.float32)\n"
+        "x = np.ones((1, 2, 5000), np.complex64)\n"
+        "out = np.empty_like(x)\n"
+        "s._mix(kernel, x, out)\n"
+        "assert np.allclose(out, 2.0)\n"
+        "print('compiled without a cache')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compiled without a cache" in done.stdout
+    assert not any(tmp_path.rglob("*.nbi"))  # nothing was cached anywhere in the copy

@@ -318,3 +318,93 @@ def test_a_silent_stage_times_out_and_is_killed(test_gadget):
     with pytest.raises(ChainError, match="no message for 1 s"):
         run(config_xml(("images", {"mode": "hang"})), acquisitions(1), ChainOptions(connect_s=30, io_s=1, exit_s=5))
     assert time.monotonic() - started < 15 and spawned_pids() <= before
+
+
+def test_stages_start_without_preexec_fn(test_gadget, monkeypatch):
+    """A preexec_fn in a fork of this threaded process is unsafe (subprocess docs): a stage is its own
+    session, and ties itself to us in stage_main (PR_SET_PDEATHSIG) before running gadgetron's __main__.
+    test_replay's SIGKILL case checks that a killed parent leaves no stage behind."""
+    import subprocess
+
+    real_popen, calls = subprocess.Popen, []
+
+    def recording_popen(command, **kwargs):
+        calls.append((command, kwargs))
+        return real_popen(command, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    outputs, _, report = run(config_xml(("images", None), ("passthrough", None)), acquisitions(2))
+    assert len(outputs) == 2 and len(calls) == 2
+    for command, kwargs in calls:
+        assert "preexec_fn" not in kwargs and kwargs.get("start_new_session") is True
+        assert command[1:4] == ["-m", "mrf_gadgetron.host.stage_main", str(os.getpid())]
+        assert command[-2] == "wire_test_gadget" and command[-1] in ("images", "passthrough")
+    assert_reaped(s.pid for s in report.stages)
+
+
+def test_stage_main_refuses_to_start_without_its_launcher():
+    """A launcher gone before the stage could tie itself to it (its parent is then another process): the
+    stage exits at once rather than run unowned."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mrf_gadgetron.host.stage_main", "1", "9", "m", "t"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "launcher (pid 1) is gone: not starting" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "mrf_gadgetron.host.stage_main", "9"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and "usage:" in done.stderr
+
+
+def _wire_items():
+    acq = ismrmrd.Acquisition.from_array((np.arange(6, dtype=np.complex64) * (1 + 2j)).reshape(2, 3),
+                                         np.arange(6, dtype=np.float32).reshape(3, 2))
+    acq.scan_counter = 7
+    image = ismrmrd.Image.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), transpose=False)
+    meta = ismrmrd.Meta()
+    meta["MRF_Test"] = "yes"
+    image.attribute_string = meta.serialize()
+    waveform = ismrmrd.Waveform.from_array(np.arange(8, dtype=np.uint32).reshape(2, 4))
+    return acq, image, waveform
+
+
+def test_frames_are_the_bytes_of_a_hand_built_frame():
+    acq, image, waveform = _wire_items()
+    u16, u32, u64 = (lambda v: struct.pack("<H", v)), (lambda v: struct.pack("<I", v)), (lambda v: struct.pack("<Q", v))
+    assert encode_id(MessageId.CLOSE) == b"\x04\x00"
+    assert encode_config_name("a.xml") == u16(1) + b"a.xml" + b"\0" * 1019
+    assert encode_string(MessageId.CONFIG, "<c/>") == u16(2) + u32(4) + b"<c/>"
+    assert encode_string(MessageId.TEXT, "h\u00e9") == u16(5) + u32(3) + "h\u00e9".encode()
+    assert encode_string(MessageId.ERROR, "bad", wide=True) == u16(8) + u64(3) + b"bad"
+    xml = ismrmrd.xsd.ToXML(header()).encode()
+    assert encode_header(header()) == u16(3) + u32(len(xml)) + xml
+    assert encode_header(HEADER_XML) == u16(3) + u32(len(HEADER_XML.encode())) + HEADER_XML.encode()
+    assert encode_item(acq) == (u16(1008) + bytes(acq.getHead()) + acq.traj.astype("<f4").tobytes()
+                                + acq.data.astype("<c8").tobytes())
+    attributes = image.attribute_string.encode()
+    head = image.getHead()
+    head.attribute_string_len = len(attributes)
+    assert encode_item(image) == u16(1022) + bytes(head) + u64(len(attributes)) + attributes + image.data.tobytes()
+    assert encode_item(waveform) == u16(1026) + bytes(waveform.getHead()) + waveform.data.astype("<u4").tobytes()
+
+
+def test_frames_equal_ismrmrd_protocol_serializer():
+    """Where ismrmrd has ProtocolSerializer (1.14.2 on; CONFIG_FILE / CONFIG_TEXT from 1.15.0), its bytes
+    and ours agree message by message."""
+    import io
+
+    serialization = pytest.importorskip("ismrmrd.serialization")
+    acq, image, waveform = _wire_items()
+    ours = [encode_item(acq), encode_item(image), encode_item(waveform), encode_header(header()),
+            encode_string(MessageId.TEXT, "note")]
+    theirs = [acq, image, waveform, header(), "note"]
+    if hasattr(serialization, "ConfigText"):
+        ours += [encode_config_name("mrf_default.xml"), encode_string(MessageId.CONFIG, "<c/>")]
+        theirs += [serialization.ConfigFile("mrf_default.xml"), serialization.ConfigText("<c/>")]
+    for expected, item in zip(ours, theirs, strict=True):
+        stream = io.BytesIO()
+        serialization.ProtocolSerializer(stream).serialize(item)
+        assert stream.getvalue() == expected, type(item).__name__
+    stream = io.BytesIO()
+    serialization.ProtocolSerializer(stream).close()
+    assert stream.getvalue() == encode_id(MessageId.CLOSE)

@@ -1,6 +1,6 @@
 """Quantitative maps and coefficient images as ISMRMRD images, and map files in the client's layout.
 
-Images carry the meta a scanner needs (DESIGN.md section 5): `DataRole=Quantitative`,
+Images carry the meta a scanner needs: `DataRole=Quantitative`,
 `GADGETRON_DataRole` (T1, T2, PD, B1, MatchQuality), `GADGETRON_SeqDescription`, `GADGETRON_ImageComment`
 (the unit), window centre and width, `GADGETRON_ScaleRatio` for scaled ushort data, and our own
 `MRF_Quantity` / `MRF_Unit` / `MRF_Mapper`. One series per quantity (series_base + offset from

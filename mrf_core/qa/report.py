@@ -5,6 +5,7 @@ Figures: the T1/T2/PD maps with the ROI outlines and sphere numbers (log colour 
 both ends of the two-decade range are visible); measured vs reference on log-log axes with the identity
 line and the tolerance band; Bland-Altman plots of the relative difference; the summary: the verdict
 and each sphere's error against its tolerance. Spheres not counted (not measurable) are hollow/grey.
+Figures are mrf_core.plotting.new_figure figures: no pyplot, matplotlib's backend untouched.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mrf_core.io.atomic import atomic_write_text, check_writable
+from mrf_core.plotting import new_figure, new_subplots
 from mrf_core.qa.analysis import QAResult
 from mrf_core.qa.metrics import QUANTITY_LABELS
 from mrf_core.qa.references import QUANTITIES
@@ -26,19 +28,26 @@ from mrf_core.qa.references import QUANTITIES
 PASS_COLOUR, FAIL_COLOUR, EXCLUDED_COLOUR = "#1a9850", "#d73027", "#999999"
 
 
-def _pyplot():
-    import matplotlib
+class _Figures:
+    """The part of pyplot's interface that `_pyplot()` callers use (subplots, figure, close), made of
+    mrf_core.plotting's Agg-canvas figures: matplotlib's backend and pyplot's figures stay untouched."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    subplots = staticmethod(new_subplots)
+    figure = staticmethod(new_figure)
 
-    return plt
+    @staticmethod
+    def close(fig) -> None:
+        """Nothing to do: a new_figure figure is not registered anywhere."""
+
+
+def _pyplot() -> _Figures:
+    """pyplot's subplots / figure / close without pyplot (for mrf_core.qa.trends and the QA gadget)."""
+    return _Figures()
 
 
 def _png_bytes(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -51,9 +60,8 @@ def maps_figure(result: QAResult):
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Circle
 
-    plt = _pyplot()
     keys = [k for k in ("t1_ms", "t2_ms", "pd") if k in result.maps]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.6))
+    fig, axes = new_subplots(1, len(keys), figsize=(5.2 * len(keys), 4.6))
     for ax, key in zip(np.atleast_1d(axes), keys, strict=True):
         values = np.where(np.isfinite(result.maps[key]), result.maps[key], np.nan)
         finite = values[np.isfinite(values) & (values > 0)]
@@ -83,8 +91,7 @@ def maps_figure(result: QAResult):
 
 def agreement_figure(result: QAResult):
     """Measured vs reference (log-log) with the identity line and the tolerance band, T1 and T2."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    fig, axes = new_subplots(1, 2, figsize=(10, 4.6))
     for ax, quantity in zip(axes, QUANTITIES, strict=True):
         results = [r for r in result.evaluation.spheres if r.quantity == quantity and np.isfinite(r.measured_ms)]
         metrics = result.evaluation.metrics[quantity]
@@ -112,8 +119,7 @@ def agreement_figure(result: QAResult):
 
 def bland_altman_figure(result: QAResult):
     """Relative difference against the mean of measured and reference, with bias and 95 % limits."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, axes = new_subplots(1, 2, figsize=(10, 4.2))
     for ax, quantity in zip(axes, QUANTITIES, strict=True):
         metrics = result.evaluation.metrics[quantity]
         for r in result.evaluation.spheres:
@@ -139,8 +145,7 @@ def bland_altman_figure(result: QAResult):
 
 def summary_figure(result: QAResult):
     """The verdict, and each sphere's T1 and T2 error as bars against the tolerance band."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    fig, axes = new_subplots(2, 1, figsize=(8, 6), sharex=True)
     verdict = _verdict(result)
     reference = result.reference
     fig.suptitle(f"NIST {reference.array} QA {reference.field_t:g} T: {verdict}", fontsize=18, fontweight="bold",
@@ -172,9 +177,7 @@ def summary_rgb(result: QAResult) -> np.ndarray:
     fig = summary_figure(result)
     fig.set_dpi(100)
     fig.canvas.draw()
-    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    _pyplot().close(fig)
-    return rgb
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def _img(png: bytes, alt: str) -> str:

@@ -84,7 +84,8 @@ class ReconSettings:
     """How to reconstruct a slice (module docstring). rank: truncate the given basis to this many
     components (None: use it whole; the default model's and dictionary's bases have rank 10);
     n_virtual_coils: None or >= the channel count skips compression; n_iterations None: DEFAULT_ITERATIONS
-    of the method; coverage_min: fraction of the k-space disc the interleaves must reach (else ReconError).
+    of the method; coverage_min: fraction of the k-space disc the interleaves must reach (else ReconError);
+    nufft_backend must run on device here (nufft.backend_available), else ReconError when the settings are made.
     Defaults measured with benchmarks/bench_qa.py --sweep and benchmarks/bench_recon.py (README): llr at
     rank 10, lambda 1.2, 30 iterations is the one setting tried that puts every measurable NIST sphere
     within 5 % (rank 5 leaves the short-T1 spheres 14-28 % high); lowres coil maps match ESPIRiT's map
@@ -130,13 +131,13 @@ class ReconSettings:
                 raise ReconError(f"{name} = {getattr(self, name)!r} is out of range")
         if self.method == "llr" and self.llr_lambda <= 0:
             raise ReconError("method 'llr' needs llr_lambda > 0")
+        if not backend_available(self.nufft_backend, self.device):
+            raise ReconError(f"nufft backend {self.nufft_backend!r} on device {self.device!r} is not available here")
 
     @property
     def iterations(self) -> int:
         """n_iterations, or the method's measured default (DEFAULT_ITERATIONS)."""
         return self.n_iterations if self.n_iterations is not None else DEFAULT_ITERATIONS.get(self.method, 0)
-        if not backend_available(self.nufft_backend, self.device):
-            raise ReconError(f"nufft backend {self.nufft_backend!r} on device {self.device!r} is not available here")
 
 
 @dataclass

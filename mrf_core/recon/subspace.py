@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 _TRAJ_AGREEMENT_CYCLES = 1e-3  # readouts sharing an interleave label must agree to this (cycles/FOV)
 _KERNEL_FORMAT = 1  # bump when the cached kernel layout changes
 _LIPSCHITZ_MARGIN = 1.25
+_BACKTRACK_FACTOR = 2.0  # FISTA's step-size backtracking: L grows by this factor (at least) per failed step
+_MAX_BACKTRACKS = 100  # 2^100: far beyond any finite operator norm reached from a positive estimate
+# d^H N d is the difference of two float32 normal-operator outputs: a backtracking check tolerates this
+# relative rounding of them (otherwise steps at float32's noise level would grow L for nothing)
+_CURVATURE_ROUNDING = 1e-5
 _MIX_CHUNK = 2048  # pixels per numba work item (K x chunk x 8 bytes stays in cache)
 
 
@@ -199,7 +204,23 @@ class SubspaceOperator:
 
 
 # ---- Toeplitz normal operator -----------------------------------------------------------------------
-@numba.njit(parallel=True, cache=True)
+def _njit_cached(**options):
+    """numba.njit with its on-disk cache where numba finds a writable cache folder (NUMBA_CACHE_DIR, the
+    package's __pycache__, the user's cache folder), else without one (compiled once per process): numba
+    raises at decoration, so at import, when no cache folder is writable, as for an installed package run
+    by another user with a read-only home."""
+
+    def decorate(func):
+        try:
+            return numba.njit(cache=True, **options)(func)
+        except RuntimeError as exc:  # "cannot cache function ...: no locator available for file ..."
+            log.info("numba: %s is compiled without a cache (%s)", func.__name__, exc)
+            return numba.njit(**options)(func)
+
+    return decorate
+
+
+@_njit_cached(parallel=True)
 def _mix(kernel, x, out):  # pragma: no cover - compiled
     """out[b, k, p] = sum_l kernel[k, l, p] x[b, l, p]: chunks of pixels in parallel."""
     n_b, n_k, n_p = x.shape
@@ -307,10 +328,13 @@ def _kernel_key(sampling: SubspaceSampling, gram: np.ndarray, weighted: bool, ep
 # ---- solvers ----------------------------------------------------------------------------------------
 @dataclass
 class SolverLog:
-    """Per-iteration record: relative residual (CG) or objective change (FISTA)."""
+    """Convergence record. values: CG, the relative residual |r| / |rhs| before the first iteration and
+    after each one (n_iterations + 1 values); FISTA, the relative change |x_k - x_(k-1)| / |x_k| of each
+    iteration (n_iterations values). lipschitz: FISTA's final step-size constant L (after backtracking)."""
 
     values: list[float]
     n_iterations: int = 0
+    lipschitz: float | None = None
 
 
 def conjugate_gradient(normal: Callable[[np.ndarray], np.ndarray], rhs: np.ndarray, n_iterations: int,
@@ -382,24 +406,57 @@ def fista_llr(normal: Callable[[np.ndarray], np.ndarray], rhs: np.ndarray, n_ite
               block: int = 8, x0: np.ndarray | None = None, lipschitz: float | None = None, seed: int = 0,
               callback: Callable[[int], None] | None = None) -> tuple[np.ndarray, SolverLog]:
     """min_x 1/2 x^H N x - Re(x^H rhs) + lambda_llr sum_blocks ||X_block||_* by FISTA (Beck & Teboulle
-    2009) with random block shifts per iteration (seeded: deterministic)."""
+    2009) with random block shifts per iteration (seeded: deterministic).
+
+    Step 1/L with backtracking (Beck & Teboulle 2009, section 4): L starts at `lipschitz`, or 1.25 x an
+    8-step power-iteration estimate of N's largest eigenvalue (a Rayleigh quotient, which never exceeds
+    it), and a step x+ from y is redone with a larger L while the data term's quadratic bound fails:
+    f(x+) > f(y) + Re<grad f(y), d> + L/2 |d|^2 (d = x+ - y), which for this quadratic f is d^H N d >
+    L |d|^2. So no operator makes the iterations diverge. N x+ (for the check) gives the next gradient
+    by linearity (N y = N x+ + beta (N x+ - N x)): one normal-operator apply per iteration as without
+    the check, plus one per backtrack (none when the estimate holds) and one for x0."""
     if lipschitz is None:  # 8 power iterations reach ~85 % of the top eigenvalue (measured); 1.25 covers the rest
         lipschitz = _LIPSCHITZ_MARGIN * power_iteration(normal, rhs.shape, n_iterations=8)
-    step = 1.0 / lipschitz
+        if not lipschitz > 0:  # N vanishes on a random vector (N = 0 in practice): backtracking finds L
+            lipschitz = 1.0
+    elif not (math.isfinite(lipschitz) and lipschitz > 0):
+        raise SubspaceError(f"fista_llr: lipschitz = {lipschitz!r} must be positive and finite")
+    big_l = float(lipschitz)
     rng = np.random.default_rng(seed)
-    x = np.zeros_like(rhs) if x0 is None else np.array(x0, dtype=rhs.dtype)
-    y, t = x.copy(), 1.0
+    if x0 is None:
+        x, nx = np.zeros_like(rhs), np.zeros_like(rhs)
+    else:
+        x = np.array(x0, dtype=rhs.dtype)
+        nx = normal(x)
+    y, ny, t = x, nx, 1.0
     record = SolverLog([])
     for i in range(n_iterations):
-        gradient = normal(y) - rhs
+        gradient = ny - rhs
         shift = tuple(int(v) for v in rng.integers(0, block, 2))
-        x_new = llr_threshold(y - step * gradient, lambda_llr * step, block, shift)
+        for _ in range(_MAX_BACKTRACKS + 1):
+            x_new = llr_threshold(y - gradient / big_l, lambda_llr / big_l, block, shift)
+            nx_new = normal(x_new)
+            d = x_new - y
+            dd = float(np.vdot(d, d).real)
+            curvature = float(np.vdot(d, nx_new - ny).real)  # d^H N d
+            if not math.isfinite(curvature):
+                raise SubspaceError(f"fista_llr: the normal operator gave non-finite values (iteration {i + 1})")
+            slack = _CURVATURE_ROUNDING * math.sqrt(dd) * float(np.linalg.norm(nx_new) + np.linalg.norm(ny))
+            if curvature <= big_l * dd + slack:
+                break
+            big_l = max(_BACKTRACK_FACTOR * big_l, curvature / dd)
+            log.debug("FISTA iteration %d: step size backtracked, L = %.4g", i + 1, big_l)
         t_new = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
-        y = x_new + ((t - 1.0) / t_new) * (x_new - x)
+        beta = (t - 1.0) / t_new
+        y = x_new + beta * (x_new - x)
+        ny = nx_new + beta * (nx_new - nx)
         change = float(np.linalg.norm(x_new - x) / max(np.linalg.norm(x_new), 1e-30))
-        x, t = x_new, t_new
+        x, nx, t = x_new, nx_new, t_new
         record.values.append(change)
         record.n_iterations = i + 1
         if callback is not None:
             callback(i)
+    if big_l > lipschitz:
+        log.info("FISTA: step size backtracked from L = %.4g to %.4g", lipschitz, big_l)
+    record.lipschitz = big_l
     return x, record

@@ -42,13 +42,10 @@ def save_maps_png(map_path: str | Path, png_path: str | Path, truth=None, title:
     true maps when a simulated scan's phantom (mrf_core.sim.phantoms.Phantom) is given."""
     import matplotlib
     import numpy as np
+    from matplotlib import colors
 
     from mrf_core.io.map_images import read_map_file
-    from mrf_core.plotting import save_figure
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import colors
+    from mrf_core.plotting import new_subplots, save_figure
 
     map_file = read_map_file(map_path)
     maps = map_file.maps
@@ -59,7 +56,7 @@ def save_maps_png(map_path: str | Path, png_path: str | Path, truth=None, title:
         for s in range(truth.n_slices):
             inside = truth.mask[s]
             rows.append((f"truth, slice {s}", {k: np.where(inside, getattr(truth, k)[s], np.nan) for k, *_ in columns}))
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(4.2 * len(columns), 3.6 * len(rows)), squeeze=False)
+    fig, axes = new_subplots(len(rows), len(columns), figsize=(4.2 * len(columns), 3.6 * len(rows)), squeeze=False)
     for c, (key, label, cmap, log_scale) in enumerate(columns):
         if key == "pd":  # each row on its own scale: PD has arbitrary units
             scales = [None] * len(rows)
@@ -77,7 +74,7 @@ def save_maps_png(map_path: str | Path, png_path: str | Path, truth=None, title:
                 continue
             values = np.ma.masked_invalid(np.where(np.asarray(row[key]) > 0, row[key], np.nan) if log_scale
                                           else np.asarray(row[key], dtype=float))
-            shown = ax.imshow(values, cmap=plt.get_cmap(cmap).with_extremes(bad="black"), norm=scales[r])
+            shown = ax.imshow(values, cmap=matplotlib.colormaps[cmap].with_extremes(bad="black"), norm=scales[r])
             ax.set_title(f"{label}, {name}")
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     if title:

@@ -107,20 +107,16 @@ def run(args) -> int:
 def write_preview(raw_path: str, png_path: str, dataset: str = "dataset") -> None:
     """Truth T1/T2/PD of slice 0, the first readouts' trajectories, and the time-averaged image of
     slice 0 reconstructed from the file itself (adjoint NUFFT with the spiral's DCF, root-sum-of-squares)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     from mrf_core.io.rawio import MrfRawFile
-    from mrf_core.plotting import save_figure
+    from mrf_core.plotting import new_subplots, save_figure
 
     with MrfRawFile(raw_path, dataset) as raw:
         truth = raw.truth()
         first = [r.traj for _, r in zip(range(6), raw.readouts(), strict=False)]
         image = _time_averaged_image(raw, slice_index=0)
-    fig, axes = plt.subplots(1, 5, figsize=(19, 4))
+    fig, axes = new_subplots(1, 5, figsize=(19, 4))
     for ax, key, unit in zip(axes[:3], ("t1_ms", "t2_ms", "pd"), ("ms", "ms", ""), strict=True):
         im = ax.imshow(getattr(truth.phantom, key)[0], cmap="magma")
         ax.set_title(f"true {key}")

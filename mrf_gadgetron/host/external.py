@@ -1,4 +1,5 @@
-"""One external stage: a `python -m gadgetron <port> <module> <target>` process started as Gadgetron does.
+"""One external stage: a `python -m gadgetron <port> <module> <target>` process started as Gadgetron does
+(through mrf_gadgetron.host.stage_main, which runs exactly that after tying the process to us).
 
 Gadgetron 4's External node (nodes/External.cpp, external/Python.cpp) listens on a free port, starts the
 module with that port, accepts its connection, and sends the node's `<configuration>` (message 2) and the
@@ -10,7 +11,8 @@ So a stage's failure is its exit status plus that log line, which we collect fro
 Differences from Gadgetron, on purpose: the interpreter is ours (sys.executable, or $MRF_PYTHON) rather
 than the first `python` on PATH, so the venv's gadgets run; the repository root is added to PYTHONPATH
 (as Gadgetron adds $GADGETRON_HOME/share/gadgetron/python, which we add too when set); we listen on
-127.0.0.1 only. Children run in their own session, get SIGTERM if we die (Linux PR_SET_PDEATHSIG: a
+127.0.0.1 only. Children run in their own session, get SIGTERM if we die (Linux PR_SET_PDEATHSIG, which
+the child sets itself in stage_main, so no preexec_fn runs in a fork of this threaded process: a
 gadgetron-python process whose parent vanished would otherwise spin forever in its read loop), and are
 always reaped.
 """
@@ -18,11 +20,9 @@ always reaped.
 from __future__ import annotations
 
 import collections
-import ctypes
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -56,16 +56,7 @@ _TAIL_LINES = 40
 # declaration, exactly what Gadgetron sends): expected, so not passed on to clients.
 _NO_CONFIGURATION = "Config parsing failed with error message no element found"
 DEFAULT_LIMITS = Limits()
-
-try:  # PR_SET_PDEATHSIG = 1, resolved now so the child only makes one foreign call before exec
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-except (OSError, AttributeError):
-    _prctl = None
-
-
-def _die_with_parent() -> None:
-    if _prctl is not None:
-        _prctl(1, signal.SIGTERM)
+STAGE_MAIN = "mrf_gadgetron.host.stage_main"  # `python -m gadgetron` that dies with us (its docstring)
 
 
 class StageError(Exception):
@@ -113,11 +104,10 @@ class StageProcess:
         env.setdefault(LOG_LEVEL_ENV, "INFO")
         env.setdefault("PYTHONUNBUFFERED", "1")
         python = env.get(PYTHON_ENV) or sys.executable
-        command = [python, "-m", "gadgetron", str(port), self.node.module, self.node.target]
+        command = [python, "-m", STAGE_MAIN, str(os.getpid()), str(port), self.node.module, self.node.target]
         self.times["launched"] = time.perf_counter()
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                     preexec_fn=_die_with_parent)  # noqa: PLW1509 (one prctl call, see module doc)
+                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.debug("started %s (pid %d) on port %d", self.label, self.proc.pid, port)
         self._log_thread = threading.Thread(target=self._read_log, name=f"log {self.label}", daemon=True)
         self._log_thread.start()

@@ -5,6 +5,11 @@ A message is a uint16 little-endian id and a payload: 1 config file name (1024 b
 + bytes; only external peers send it), 1008 acquisition, 1022 image, 1026 waveform (ismrmrd's own
 serialization). Sizes are checked against `Limits` from the fixed-size headers before any payload is
 read, so a corrupt or hostile length is an error, not an allocation.
+
+The encoders write what ismrmrd.serialization.ProtocolSerializer writes (tests/test_wire.py compares the
+bytes), items through ismrmrd's own to_bytes as it does, but are not built on it: the supported ismrmrd
+1.14.0 and 1.14.1 have no serialization module (1.14.2 adds ProtocolSerializer, 1.15.0 its CONFIG_FILE
+and CONFIG_TEXT messages), and it has neither ERROR (8) nor a bounded reader.
 """
 
 from __future__ import annotations
