@@ -79,10 +79,10 @@ def main() -> None:
     parser.add_argument("--timepoints", type=int, default=1000)
     args = parser.parse_args()
 
-    from mrf_gadgetron.cli.replay import load_config
     from mrf_gadgetron.host.replay import replay
+    from mrf_gadgetron.host.stream_config import find_config
 
-    config = load_config(args.config)
+    config = find_config(args.config)
     raw = standard_scan(args.matrix, args.coils, args.timepoints)
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]

@@ -96,15 +96,14 @@ def message_rgb(title: str, text: str) -> np.ndarray:
     """A figure that says why QA did not run, as uint8 RGB."""
     import textwrap
 
-    from mrf_core.qa.report import FAIL_COLOUR, _pyplot
+    from mrf_core.plotting import new_figure
+    from mrf_core.qa.report import FAIL_COLOUR
 
-    plt = _pyplot()
-    fig = plt.figure(figsize=(8, 6), dpi=100)
+    fig = new_figure(figsize=(8, 6), dpi=100)
     fig.text(0.5, 0.85, title, ha="center", fontsize=20, fontweight="bold", color=FAIL_COLOUR)
     fig.text(0.06, 0.7, textwrap.fill(text, 70), ha="left", va="top", fontsize=12)
     fig.canvas.draw()
     rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
     return rgb
 
 

@@ -20,29 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from mrf_core.io.atomic import atomic_write_text, check_writable
-from mrf_core.plotting import new_figure, new_subplots
+from mrf_core.plotting import new_subplots
 from mrf_core.qa.analysis import QAResult
 from mrf_core.qa.metrics import QUANTITY_LABELS
 from mrf_core.qa.references import QUANTITIES
 
 PASS_COLOUR, FAIL_COLOUR, EXCLUDED_COLOUR = "#1a9850", "#d73027", "#999999"
-
-
-class _Figures:
-    """The part of pyplot's interface that `_pyplot()` callers use (subplots, figure, close), made of
-    mrf_core.plotting's Agg-canvas figures: matplotlib's backend and pyplot's figures stay untouched."""
-
-    subplots = staticmethod(new_subplots)
-    figure = staticmethod(new_figure)
-
-    @staticmethod
-    def close(fig) -> None:
-        """Nothing to do: a new_figure figure is not registered anywhere."""
-
-
-def _pyplot() -> _Figures:
-    """pyplot's subplots / figure / close without pyplot (for mrf_core.qa.trends and the QA gadget)."""
-    return _Figures()
 
 
 def _png_bytes(fig) -> bytes:

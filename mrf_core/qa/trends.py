@@ -229,14 +229,14 @@ def plot_trend(store: TrendStore, array: str, field_t: float, quantity: str, pat
     """One panel per sphere: measured value over scans, reference line and tolerance band; returns the
     number of scans plotted (an error when there are none)."""
     from mrf_core.io.atomic import atomic_path
-    from mrf_core.qa.report import EXCLUDED_COLOUR, FAIL_COLOUR, PASS_COLOUR, _pyplot
+    from mrf_core.plotting import new_subplots
+    from mrf_core.qa.report import EXCLUDED_COLOUR, FAIL_COLOUR, PASS_COLOUR
 
     series = store.series(array, field_t, quantity)
     if not series:
         have = ", ".join(sorted({f"{s['array']} {s['field_T']:g} T" for s in store.scans()})) or "nothing"
         raise QAError(f"trend store {store.path} has no {array} scans at {field_t:g} T (has: {have})")
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 7, figsize=(21, 6.4), sharex=True)
+    fig, axes = new_subplots(2, 7, figsize=(21, 6.4), sharex=True)
     label = QUANTITY_LABELS[quantity]
     for ax, sphere in zip(axes.ravel(), range(1, 15), strict=True):
         points = series.get(sphere, [])
@@ -266,6 +266,5 @@ def plot_trend(store: TrendStore, array: str, field_t: float, quantity: str, pat
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.88, hspace=0.55, wspace=0.35)
     with atomic_path(path) as tmp:  # the layout is fixed above: no tight-bbox second draw
         fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
     return n_scans
 

@@ -82,13 +82,14 @@ def run(args) -> int:
     from mrf_core.physics.sequence import default_schedule
     from mrf_core.plotting import plot_fingerprints
     from mrf_gadgetron.cli import main as mrf
-    from mrf_gadgetron.cli.replay import load_config, save_maps_png
+    from mrf_gadgetron.cli.replay import save_maps_png
     from mrf_gadgetron.host.replay import ReplayError, replay
+    from mrf_gadgetron.host.stream_config import find_config
 
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = load_config(args.config)
+    config = find_config(args.config)
     schedule = default_schedule().truncated(args.timepoints)
     print(schedule.describe())
     t1, t2 = (np.array(v) for v in zip(*TISSUES.values(), strict=True))

@@ -29,14 +29,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_config(spec: str):
-    """A configuration from a path, else by name from the configuration folder."""
-    from mrf_gadgetron.host.stream_config import load_stream_config, resolve_config_name
-
-    path = Path(spec)
-    return load_stream_config(path if path.exists() or path.parent != Path(".") else resolve_config_name(spec))
-
-
 def save_maps_png(map_path: str | Path, png_path: str | Path, truth=None, title: str | None = None) -> None:
     """T1, T2 and PD maps (one row per slice, colour bars; unmapped voxels black), and below them the
     true maps when a simulated scan's phantom (mrf_core.sim.phantoms.Phantom) is given."""
@@ -89,7 +81,9 @@ def run(args) -> int:
     _check_writable(args.out, "output")
     if args.png:
         _check_writable(args.png, "figure")
-    config = load_config(args.config)
+    from mrf_gadgetron.host.stream_config import find_config
+
+    config = find_config(args.config)
     if args.quiet:
         import logging
 

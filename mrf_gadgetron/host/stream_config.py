@@ -171,3 +171,10 @@ def resolve_config_name(name: str, folder: str | Path | None = None) -> Path:
         available = sorted(p.name for p in folder.glob("*.xml")) if folder.is_dir() else []
         raise StreamConfigError(f"no configuration {name!r} in {folder} (available: {', '.join(available) or 'none'})")
     return path
+
+
+def find_config(spec: str | Path) -> StreamConfig:
+    """A configuration from a path, else by name from the configuration folder (mrf_default.xml,
+    mrf_default, ...)."""
+    path = Path(spec)
+    return load_stream_config(path if path.exists() or path.parent != Path(".") else resolve_config_name(str(spec)))
