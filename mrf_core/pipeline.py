@@ -161,11 +161,7 @@ def recon_basis(settings, schedule: FispSchedule) -> tuple[TemporalBasis, str]:
         if settings.basis == "model":
             raise PipelineError(f"basis = model, but the model cannot be used: {reason}")
         log.info("basis from the dictionary (the network model cannot be used: %s)", reason)
-    dictionary = dictionary_for(schedule, settings)
-    if settings.rank > dictionary.basis.rank:
-        raise PipelineError(f"rank = {settings.rank} exceeds the dictionary basis' rank {dictionary.basis.rank} "
-                            "(setting dictionary_rank)")
-    return dictionary.basis, "dictionary"
+    return dictionary_for(schedule, settings).basis, "dictionary"
 
 
 def recon_settings(settings, basis_source: str) -> ReconSettings:
@@ -209,6 +205,7 @@ class Reconstruction:
         self.info = scan_info(header, settings)
         self.basis, self.basis_source = recon_basis(settings, self.info.schedule)
         self.options = recon_settings(settings, self.basis_source)
+        self.options.basis_of(self.basis)  # a rank above the basis' is an error before any readout is read
         self.fov_mm = (self.info.fov_mm, self.info.fov_mm, _fov_z_mm(header))
         log.info("%s reconstruction in the basis of the %s (rank %d, hash %s)", self.options.method,
                  self.basis_source, self.options.rank or self.basis.rank, self.basis.hash)

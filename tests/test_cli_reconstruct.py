@@ -98,7 +98,7 @@ def test_reconstruct_errors_name_the_setting(sim_small_scan, tmp_path, capsys):
     quiet = _quiet(tmp_path)
     assert main(["reconstruct", str(raw), "-o", out, "--basis", "dictionary", "--rank", "12",
                  "--grid-step-pct", "20", *quiet]) == 2
-    assert "rank = 12 exceeds the dictionary basis' rank 10" in capsys.readouterr().err
+    assert "rank = 12 exceeds the basis' rank 10" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: the flag, the value and what it accepts
         main(["reconstruct", str(raw), "-o", out, "--grid", "nope"])
     assert "--grid: must be one of percent, song, oksuz" in capsys.readouterr().err

@@ -134,6 +134,14 @@ class ReconSettings:
         if not backend_available(self.nufft_backend, self.device):
             raise ReconError(f"nufft backend {self.nufft_backend!r} on device {self.device!r} is not available here")
 
+    def basis_of(self, basis: TemporalBasis) -> TemporalBasis:
+        """`basis` truncated to `rank` (whole when rank is None); ReconError when rank exceeds it."""
+        if self.rank is None:
+            return basis
+        if self.rank > basis.rank:
+            raise ReconError(f"rank = {self.rank} exceeds the basis' rank {basis.rank}")
+        return basis.truncated(self.rank)
+
     @property
     def iterations(self) -> int:
         """n_iterations, or the method's measured default (DEFAULT_ITERATIONS)."""
@@ -187,11 +195,7 @@ def _basis_for(basis: TemporalBasis, data: SliceData, settings: ReconSettings) -
     if basis.n_timepoints != data.schedule.n_timepoints:
         raise ReconError(f"slice {data.slice_index}: basis has {basis.n_timepoints} time points, the schedule "
                          f"{data.schedule.n_timepoints}")
-    if settings.rank is None:
-        return basis
-    if settings.rank > basis.rank:
-        raise ReconError(f"rank = {settings.rank} exceeds the basis' rank {basis.rank}")
-    return basis.truncated(settings.rank)
+    return settings.basis_of(basis)
 
 
 def kspace_coverage(traj: np.ndarray, matrix: int) -> float:
