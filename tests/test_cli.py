@@ -63,6 +63,19 @@ def test_errors_are_one_line_with_exit_code_2(capsys, argv, message):
     assert message in err and "Traceback" not in err and err.startswith(f"mrf {argv[0]}: error:")
 
 
+def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys, monkeypatch):
+    """Only explained errors (MrfError, OSError) are one line; a programming error keeps its traceback."""
+    from mrf_gadgetron.cli import signal as signal_command
+
+    def broken(args):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(signal_command, "run", broken)
+    assert main(["signal", "--t1", "900", "--t2", "70"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'oops'" in err and "please report it" in err
+
+
 def test_unwritable_output_leaves_nothing(tmp_path, capsys):
     target = tmp_path / "missing_folder" / "d.h5"
     assert main(["dictionary", "build", "--step-pct", "40", "--timepoints", "20", "-o", str(target)]) == 2
