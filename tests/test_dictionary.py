@@ -76,7 +76,7 @@ def test_basis_is_orthonormal_and_compresses(small):
 
 
 def test_jiang_schedule_rank_against_design_anchor():
-    """DESIGN.md: residual energy ~1e-3 at rank 5 and ~3e-5 at rank 10 for the Jiang schedule."""
+    """Published for the Jiang schedule (B1 = 1): residual energy ~1e-3 at rank 5 and ~3e-5 at rank 10."""
     d = build_dictionary(default_schedule(), percent_grid(10, (20, 4000), (5, 500)), n_states=20,
                          device="cpu", progress=False, keep_fingerprints=False)
     assert 3e-4 < d.basis.residual_energy(5) < 3e-3

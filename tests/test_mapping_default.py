@@ -29,11 +29,19 @@ def test_default_model_maps_clean_signals(default_model):
     t1, t2 = np.array([300.0, 800.0, 1400.0, 2500.0]), np.array([30.0, 60.0, 120.0, 400.0])
     pd = np.array([1.0, 0.5j, -2.0, 1 + 1j], dtype=np.complex64)
     signals = simulate_fisp(default_schedule(), t1, t2).numpy() * pd[:, None]
+    network = default_model.map_signals(signals, refine=0)  # the network alone: its ~1 % approximation error
+    np.testing.assert_allclose(network.t1_ms, t1, rtol=0.05)
+    np.testing.assert_allclose(network.t2_ms, t2, rtol=0.08)
+    np.testing.assert_allclose(network.pd, pd, rtol=0.05, atol=0.02)
+    assert (network.score > 0.999).all()
+    # refined on the fingerprint table (the default): noiseless signals are exact up to the table's
+    # interpolation, as for the small model in test_mapping_training
     result = default_model.map_signals(signals)
-    np.testing.assert_allclose(result.t1_ms, t1, rtol=0.05)
-    np.testing.assert_allclose(result.t2_ms, t2, rtol=0.08)
-    np.testing.assert_allclose(result.pd, pd, rtol=0.05, atol=0.02)
-    assert (result.score > 0.999).all()
+    np.testing.assert_allclose(result.t1_ms, t1, rtol=1e-3)
+    np.testing.assert_allclose(result.t2_ms, t2, rtol=1e-3)
+    np.testing.assert_allclose(result.pd, pd, rtol=1e-3)
+    # refining never lowers the fit; each score |f.x| / (|f| |x|) of K = 10 term float32 sums within (2K + 5) u
+    assert (result.score >= network.score - 2 * (2 * 10 + 5) * 2.0**-24).all()
 
 
 def test_default_model_takes_another_rank_10_basis(default_model):

@@ -37,7 +37,7 @@ def held_out(n: int, seed: int):
 
 def test_trained_model_beats_the_mean_predictor(small_model):
     params, _, signals = held_out(1000, seed=11)
-    result = small_model.map_signals(signals)
+    result = small_model.map_signals(signals, refine=0)  # the network alone: refined, a poor one would pass too
     for column, predicted in ((0, result.t1_ms), (1, result.t2_ms)):
         truth = np.log(params[:, column])
         model_rmse = np.sqrt(np.mean((np.log(predicted) - truth) ** 2))
@@ -88,7 +88,9 @@ def test_refinement_reaches_the_best_fit(small_model):
     params, pd, signals = held_out(500, seed=13)
     raw = small_model.map_signals(signals, refine=0)
     refined = small_model.map_signals(signals)
-    assert (refined.score >= raw.score - 1e-6).all()  # a step is kept only where it raises the fit
+    # a step is kept only where it raises the fit; the two scores |f.x| / (|f| |x|) from K = 8 term float32 sums
+    # are each within (2K + 5) u of exact (u = 2^-24)
+    assert (refined.score >= raw.score - 2 * (2 * 8 + 5) * 2.0**-24).all()
     for column, name in ((0, "t1_ms"), (1, "t2_ms")):
         raw_error = np.median(np.abs(getattr(raw, name) / params[:, column] - 1))
         refined_error = np.median(np.abs(getattr(refined, name) / params[:, column] - 1))

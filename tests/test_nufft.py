@@ -50,8 +50,13 @@ def test_adjointness(backend, device, points):
     rng = np.random.default_rng(3)
     op = Nufft(points, N, backend=backend, device=device)
     x, y = _random(rng, (N, N)), _random(rng, len(points))
-    lhs, rhs = np.vdot(op.forward(x), y), np.vdot(x, op.adjoint(y))
-    assert abs(lhs - rhs) / abs(lhs) < 1e-5
+    forward = op.forward(x)
+    lhs, rhs = np.vdot(forward, y), np.vdot(x, op.adjoint(y))
+    # the spreading/interpolation and the deconvolution are exact transposes, so only float32 rounding
+    # separates the sides: sums of <= w^2 kernel terms (w <= 8 at eps 1e-4) and an FFT, each within
+    # (w^2 + 2 log2 n^2) u of |A x| |y| (Cauchy-Schwarz scale, u = 2^-24): 1e-5. Relative to |lhs| there is
+    # no bound: <Ax, y> of random vectors nearly cancels (seen at 4e-5 for some seeds)
+    assert abs(lhs - rhs) <= 1e-5 * np.linalg.norm(forward) * np.linalg.norm(y)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -87,8 +92,16 @@ def test_gpu_backend_is_refused_cleanly_without_a_gpu(points):
         Nufft(points, N, backend="cufinufft", device="cuda")
 
 
-def test_finufft_is_bitwise_reproducible(points):
+def test_finufft_is_reproducible(points):
+    """One thread: bitwise. More threads: finufft spreads a batch's last transforms (n_trans not a multiple of
+    the threads) with all threads, adding their subgrids in a varying order (seen: ~1 in 300 runs differ)."""
     rng = np.random.default_rng(6)
     y = _random(rng, (3, len(points)))
-    first = Nufft(points, N, n_threads=2).adjoint(y)
-    assert all(np.array_equal(first, Nufft(points, N, n_threads=2).adjoint(y)) for _ in range(5))
+    first = Nufft(points, N, n_threads=1).adjoint(y)
+    assert all(np.array_equal(first, Nufft(points, N, n_threads=1).adjoint(y)) for _ in range(3))
+    threaded = [Nufft(points, N, n_threads=2).adjoint(y) for _ in range(6)]
+    # the same sums in another order: each fine-grid value within (k - 1) u of its terms for k overlapping
+    # subgrids (u = 2^-24), then amplified towards the image edge by the deconvolution (1 / kernel transform,
+    # large at upsampling 1.25); 1e-5 (seen: 1e-6 with 4 threads and 20k points) is still 10x below eps 1e-4
+    for other in threaded[1:]:
+        assert np.linalg.norm(other - threaded[0]) <= 1e-5 * np.linalg.norm(threaded[0])

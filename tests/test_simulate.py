@@ -14,7 +14,7 @@ from mrf_core.physics.sequence import default_schedule
 from mrf_core.recon.trajectory import SpiralParams, design_spiral, nufft_coords
 from mrf_core.sim.coil_sim import CoilSimulationError, birdcage_sensitivities, noise_covariance
 from mrf_core.sim.phantoms import Phantom, brain_phantom, nist_phantom, pixel_coords_mm
-from mrf_core.sim.simulate import ScanSettings, SimulatedScan, SimulationSetupError, subspace_model
+from mrf_core.sim.simulate import _NUFFT_EPS, ScanSettings, SimulatedScan, SimulationSetupError, subspace_model
 from mrf_gadgetron.cli import main
 
 
@@ -180,8 +180,13 @@ def test_golden_angle_scan_in_small_blocks_equals_one_block():
     whole = SimulatedScan(phantom, schedule, params, ScanSettings(n_coils=2, snr=10.0))
     blocks = SimulatedScan(phantom, schedule, params, ScanSettings(n_coils=2, snr=10.0, block_mb=0.05))
     assert len(list(blocks._blocks(blocks.models[0].rank))) > 3
-    for a, b in zip(whole.acquisitions(), blocks.acquisitions(), strict=True):
-        np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)
+    pairs = list(zip(whole.acquisitions(), blocks.acquisitions(), strict=True))
+    a, b = (np.concatenate([pair[i].data for pair in pairs], axis=1) for i in (0, 1))
+    # finufft picks its grid oversampling from the point density at setpts, so blocks of other sizes may
+    # interpolate on another grid: each transform within its tolerance eps (relative l2) of the exact one;
+    # 10 eps allows for float32 (near its limit at eps 1e-6). A misplaced readout would be O(1) off.
+    assert np.linalg.norm(a - b) <= 10 * _NUFFT_EPS * np.linalg.norm(a)
+    assert all(x.getHead() == y.getHead() for x, y in pairs)
     readouts = [a for a in whole.acquisitions() if a.trajectory_dimensions]
     assert [a.idx.kspace_encode_step_1 for a in readouts] == list(range(20))
     angle = np.degrees(np.angle(readouts[1].traj[-1, 0] + 1j * readouts[1].traj[-1, 1])

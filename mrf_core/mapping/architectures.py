@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mrf_core.mapping.parameters import MappingConfigError
+
 
 class _ConvBN(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int):
@@ -62,9 +64,9 @@ class RecurrentNet(nn.Module):
                  step: int = 1):
         super().__init__()
         if cell not in ("gru", "lstm"):
-            raise ValueError(f"cell = {cell!r} must be 'gru' or 'lstm'")
+            raise MappingConfigError(f"cell = {cell!r} must be 'gru' or 'lstm'")
         if step < 1:
-            raise ValueError(f"step = {step} must be >= 1")
+            raise MappingConfigError(f"step = {step} must be >= 1")
         self.step = step
         self.pad = (-length) % step
         rnn = nn.GRU if cell == "gru" else nn.LSTM
@@ -145,8 +147,8 @@ ARCHITECTURES = {
 def build_network(arch: str, in_channels: int, length: int, n_outputs: int, **options) -> nn.Module:
     """A fresh network of architecture `arch` (see ARCHITECTURES) for features (N, in_channels, length)."""
     if arch not in ARCHITECTURES:
-        raise ValueError(f"architecture {arch!r} must be one of {sorted(ARCHITECTURES)}")
+        raise MappingConfigError(f"architecture {arch!r} must be one of {sorted(ARCHITECTURES)}")
     try:
         return ARCHITECTURES[arch][0](in_channels, length, n_outputs, **options)
     except TypeError as exc:
-        raise ValueError(f"architecture {arch!r} does not take options {options}: {exc}") from None
+        raise MappingConfigError(f"architecture {arch!r} does not take options {options}: {exc}") from None

@@ -27,12 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from mrf_core.mapping.parameters import MappingConfigError
+
 INPUT_KINDS = ("coefficients", "magnitude", "complex")
 
 
 def channels_of(kind: str) -> int:
     if kind not in INPUT_KINDS:
-        raise ValueError(f"input kind {kind!r} must be one of {INPUT_KINDS}")
+        raise MappingConfigError(f"input kind {kind!r} must be one of {INPUT_KINDS}")
     return 2 if kind == "complex" else 1
 
 

@@ -14,8 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from mrf_core.errors import MrfError
+
 SCALINGS = ("log", "linear")
 DISTRIBUTIONS = ("log-uniform", "uniform")
+
+
+class MappingConfigError(MrfError):
+    """A network, training or parameter-range setting that cannot work: the message names it."""
 
 
 @dataclass(frozen=True)
@@ -36,14 +42,15 @@ class ParameterSpace:
                 continue
             lo, hi = (float(v) for v in rng)
             if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi):
-                raise ValueError(f"{name} = ({lo}, {hi}) must satisfy 0 < low < high")
+                raise MappingConfigError(f"{name} = ({lo}, {hi}) must satisfy 0 < low < high")
             object.__setattr__(self, name, (lo, hi))
         if self.t2_range_ms[0] >= self.t1_range_ms[1]:
-            raise ValueError(f"t2_range_ms {self.t2_range_ms} leaves no T2 < T1 in t1_range_ms {self.t1_range_ms}")
+            raise MappingConfigError(f"t2_range_ms {self.t2_range_ms} leaves no T2 < T1 in t1_range_ms "
+                                     f"{self.t1_range_ms}")
         if self.distribution not in DISTRIBUTIONS:
-            raise ValueError(f"distribution = {self.distribution!r} must be one of {DISTRIBUTIONS}")
+            raise MappingConfigError(f"distribution = {self.distribution!r} must be one of {DISTRIBUTIONS}")
         if self.scaling not in SCALINGS:
-            raise ValueError(f"scaling = {self.scaling!r} must be one of {SCALINGS}")
+            raise MappingConfigError(f"scaling = {self.scaling!r} must be one of {SCALINGS}")
 
     @property
     def names(self) -> list[str]:

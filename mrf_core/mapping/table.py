@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mrf_core.mapping.parameters import ParameterSpace
+from mrf_core.mapping.parameters import MappingConfigError, ParameterSpace
 from mrf_core.physics.epg import simulate_fingerprints
 from mrf_core.physics.sequence import FispSchedule
 from mrf_core.physics.temporal_basis import TemporalBasis
@@ -109,7 +109,7 @@ class FingerprintTable:
 def _padded_axis(lo: float, hi: float, n_nodes: int) -> np.ndarray:
     """n_nodes from lo to hi plus one beyond each end, so that every cubic inside [lo, hi] has its 4 nodes."""
     if n_nodes < 2:
-        raise ValueError(f"a table axis needs >= 2 nodes, got {n_nodes}")
+        raise MappingConfigError(f"a table axis needs >= 2 nodes, got {n_nodes}")
     step = (hi - lo) / (n_nodes - 1)
     return lo + step * np.arange(-1, n_nodes + 1)
 

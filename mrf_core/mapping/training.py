@@ -31,7 +31,7 @@ from mrf_core.mapping.architectures import ARCHITECTURES, build_network
 from mrf_core.mapping.archive import write_archive
 from mrf_core.mapping.inputs import InputTransform, channels_of, reference_of
 from mrf_core.mapping.module import MappingModule
-from mrf_core.mapping.parameters import ParameterSpace
+from mrf_core.mapping.parameters import MappingConfigError, ParameterSpace
 from mrf_core.mapping.table import DEFAULT_TABLE_NODES, FingerprintTable
 from mrf_core.physics.dictionary import Dictionary, build_dictionary, percent_grid
 from mrf_core.physics.epg import default_device, simulate_fingerprints
@@ -70,19 +70,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
-            raise ValueError(f"arch = {self.arch!r} must be one of {sorted(ARCHITECTURES)}")
+            raise MappingConfigError(f"arch = {self.arch!r} must be one of {sorted(ARCHITECTURES)}")
         if self.input_kind is None:
             self.input_kind = ARCHITECTURES[self.arch][1]
         channels_of(self.input_kind)
         for name in ("n_train", "n_val", "epochs", "batch_size", "rank", "n_states"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} = {getattr(self, name)} must be >= 1")
+                raise MappingConfigError(f"{name} = {getattr(self, name)} must be >= 1")
         if self.snr_range is not None:
             lo, hi = self.snr_range
             if not 0 < lo <= hi:
-                raise ValueError(f"snr_range = {self.snr_range} must satisfy 0 < low <= high")
+                raise MappingConfigError(f"snr_range = {self.snr_range} must satisfy 0 < low <= high")
         if not 0 <= self.clean_fraction <= 1:
-            raise ValueError(f"clean_fraction = {self.clean_fraction} must be in [0, 1]")
+            raise MappingConfigError(f"clean_fraction = {self.clean_fraction} must be in [0, 1]")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -147,7 +147,7 @@ def model_basis(schedule: FispSchedule, config: TrainConfig, rank: int) -> Tempo
     if config.basis_dictionary is not None:
         d = Dictionary.load(config.basis_dictionary, schedule=schedule, fingerprints=False)
         if d.basis.rank < rank:
-            raise ValueError(f"{config.basis_dictionary} has a rank-{d.basis.rank} basis, rank {rank} asked")
+            raise MappingConfigError(f"{config.basis_dictionary} has a rank-{d.basis.rank} basis, rank {rank} asked")
         return d.basis.truncated(rank)
     space = config.space
     b1 = (1.0,) if space.b1_range is None else tuple(np.linspace(*space.b1_range, 5))
@@ -183,8 +183,8 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
     else:
         train, val = data
         if (train.signals.shape[0], val.signals.shape[0]) != (config.n_train, config.n_val):
-            raise ValueError(f"data holds {train.signals.shape[0]}/{val.signals.shape[0]} signals, the config asks "
-                             f"{config.n_train}/{config.n_val}")
+            raise MappingConfigError(f"data holds {train.signals.shape[0]}/{val.signals.shape[0]} signals, the "
+                                     f"config asks {config.n_train}/{config.n_val}")
         if coefficient_model:
             train, val = project_set(train, basis), project_set(val, basis)
     reference, sign_margin = reference_of(train.signals[:2000].numpy(), kind)

@@ -14,6 +14,8 @@ import json
 import time
 from pathlib import Path
 
+from mrf_gadgetron.cli import CliError
+
 TISSUES = {"white matter": (830.0, 80.0), "grey matter": (1330.0, 110.0), "CSF": (3500.0, 1500.0),
            "fat": (380.0, 130.0), "muscle": (1410.0, 50.0)}
 N_SPHERES = 14  # NIST plate spheres are labels 1..14 in the phantom
@@ -112,7 +114,7 @@ def run(args) -> int:
     try:
         result = replay(raw, config, maps_path, on_text=lambda t: print(f"   warning: {t}"))
     except ReplayError as exc:
-        raise ValueError(f"the reconstruction failed: {exc}") from exc
+        raise CliError(f"the reconstruction failed: {exc}") from exc
     print(f"   wrote {maps_path}: {result.n_images} images in series {sorted(result.series)}")
     print("   " + result.chain.table().replace("\n", "\n   "))
 

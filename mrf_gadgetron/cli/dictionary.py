@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mrf_gadgetron.cli import CliError
+
 
 def register(sub) -> None:
     p = sub.add_parser("dictionary", help="build or describe an MRF dictionary (HDF5)")
@@ -56,7 +58,7 @@ def run_build(args) -> int:
     if args.b1 is not None:
         lo, hi, step = args.b1
         if step <= 0 or hi < lo:
-            raise ValueError(f"--b1 {lo} {hi} {step}: needs LO <= HI and STEP > 0")
+            raise CliError(f"--b1 {lo} {hi} {step}: needs LO <= HI and STEP > 0")
         b1_axis = np.round(np.arange(lo, hi + step / 2, step), 6)
     grid_args = {"b1_axis": b1_axis}
     if args.grid == "percent":

@@ -110,12 +110,14 @@ def _analyse(args) -> int:
 
 
 def _parse_time(text: str | None) -> datetime.datetime | None:
+    from mrf_gadgetron.cli import CliError
+
     if text is None:
         return None
     try:
         return datetime.datetime.fromisoformat(text)
     except ValueError as exc:
-        raise ValueError(f"--scan-time {text!r} is not an ISO date/time (e.g. 2025-03-01T09:30)") from exc
+        raise CliError(f"--scan-time {text!r} is not an ISO date/time (e.g. 2025-03-01T09:30)") from exc
 
 
 def _trend(args) -> int:

@@ -6,6 +6,8 @@ import argparse
 import ipaddress
 import logging
 
+from mrf_gadgetron.cli import CliError
+
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +41,7 @@ def run(args) -> int:
     if not folder.is_dir():
         raise OSError(f"configuration folder {folder} does not exist (use --config-dir or $MRF_CONFIG_DIR)")
     if args.max_connections < 1:
-        raise ValueError(f"--max-connections {args.max_connections} must be >= 1")
+        raise CliError(f"--max-connections {args.max_connections} must be >= 1")
     settings = ServerSettings(config_dir=folder, max_connections=args.max_connections,
                               client_timeout_s=args.client_timeout)
     try:
