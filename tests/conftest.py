@@ -1,8 +1,13 @@
-"""Shared fixtures of the simulator and raw-data tests (names prefixed sim_)."""
+"""Shared fixtures: the small simulated scan (sim_small_scan), the throwaway wire-test gadget on the stage
+processes' path (test_gadget), and a private cache for the gadget processes of a session (gadget_cache)."""
 
 from __future__ import annotations
 
+import os
+import textwrap
+
 import pytest
+from chain_helpers import TEST_GADGET
 
 from mrf_core.io.rawio import write_raw
 from mrf_core.physics.sequence import default_schedule
@@ -22,3 +27,20 @@ def sim_small_scan(tmp_path_factory):
     path = tmp_path_factory.mktemp("sim") / "small.h5"
     write_raw(path, scan.header, acquisitions, scan.truth())
     return scan, acquisitions, path
+
+
+@pytest.fixture(scope="session")
+def gadget_cache(tmp_path_factory):
+    """A private dictionary cache (XDG_CACHE_HOME) for the gadget processes of the whole session."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("gadget_cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture()
+def test_gadget(tmp_path, monkeypatch):
+    """The test gadget module on the stage processes' PYTHONPATH."""
+    (tmp_path / "wire_test_gadget.py").write_text(textwrap.dedent(TEST_GADGET))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    return tmp_path

@@ -6,11 +6,11 @@ import sys
 
 import numpy as np
 import pytest
+from chain_helpers import default_config_text
 
 from mrf_core.physics.epg import simulate_fisp
 from mrf_core.physics.sequence import default_schedule
 from mrf_gadgetron.cli import main
-from tests.test_end_to_end import default_config_text, gadget_cache  # noqa: F401 (the demo test's fixture)
 
 
 def test_help_lists_subcommands():
@@ -82,7 +82,7 @@ def test_unwritable_output_leaves_nothing(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err and not target.parent.exists()
 
 
-def test_demo_reconstructs_through_the_default_chain(tmp_path, capsys, gadget_cache):  # noqa: F811
+def test_demo_reconstructs_through_the_default_chain(tmp_path, capsys, gadget_cache):
     """The demo, small (64^2, 400 TRs, 2 coils; 200 TRs left short-T1 spheres 25-100 % off) and with a 10 %
     dictionary grid to stay quick: simulated scan, replay through the default configuration, maps file,
     figure, accuracy line and its JSON."""

@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 import pytest
+from chain_helpers import default_config_text, exchange
 
 from mrf_core.io.map_images import read_map_file
 from mrf_core.io.rawio import MrfRawFile
@@ -31,21 +32,11 @@ from mrf_gadgetron.host.messages import (
 from mrf_gadgetron.host.replay import replay
 from mrf_gadgetron.host.server import MrfServer, ServerSettings
 from mrf_gadgetron.host.stream_config import default_config_dir, load_stream_config, parse_stream_config
-from tests.test_server import exchange
 
 N_TIMEPOINTS = 200
 OPTIONS = ChainOptions(connect_s=120, io_s=300, exit_s=60)
 pytestmark = pytest.mark.skipif(not (default_config_dir() / "mrf_default.xml").is_file(),
                                 reason="config_xml/mrf_default.xml is not there yet")
-
-
-@pytest.fixture(scope="session")
-def gadget_cache(tmp_path_factory):
-    """A private dictionary cache (XDG_CACHE_HOME) for the gadget processes of the whole session."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("gadget_cache")))
-    yield
-    mp.undo()
 
 
 @pytest.fixture(scope="session")
@@ -58,15 +49,6 @@ def e2e_scan(tmp_path_factory, gadget_cache):
                      ScanSettings(n_coils=4, snr=40.0))
     with MrfRawFile(path) as f:
         return path, f.header, list(f.acquisitions()), f.truth().phantom
-
-
-def default_config_text(**properties: str) -> str:
-    """config_xml/mrf_default.xml with some property values replaced."""
-    text = (default_config_dir() / "mrf_default.xml").read_text()
-    for name, value in properties.items():
-        text, n = re.subn(rf'(<property name="{name}" value=")[^"]*(")', rf"\g<1>{value}\g<2>", text)
-        assert n, f"mrf_default.xml has no property {name}"
-    return text
 
 
 def inline_config(**properties: str) -> bytes:

@@ -43,3 +43,16 @@ def test_the_readme_layout_names_every_package_and_module():
             is_package = (ROOT / name.replace(".", "/")).is_dir()
             assert (f"{leaf}/" if is_package else leaf) in words, f"README layout does not name {name}"
     assert mrf_core.__version__
+
+
+def test_tests_do_not_import_each_other():
+    """Shared test code lives in conftest.py (fixtures) and chain_helpers.py, so the suite runs from any
+    folder against an installed package, without the checkout on sys.path."""
+    import ast
+
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                assert not (name == "tests" or name.startswith(("tests.", "test_", "conftest"))), (path.name, name)

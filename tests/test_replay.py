@@ -13,12 +13,12 @@ import time
 import h5py
 import numpy as np
 import pytest
+from chain_helpers import config_xml
 
 from mrf_gadgetron.cli import main
-from tests.test_wire import config_xml, test_gadget  # noqa: F401 (fixture)
 
 
-def test_replay_sends_the_whole_file_and_writes_images_like_the_client(sim_small_scan, test_gadget, tmp_path,  # noqa: F811
+def test_replay_sends_the_whole_file_and_writes_images_like_the_client(sim_small_scan, test_gadget, tmp_path,
                                                                        capsys):
     scan, acquisitions, raw = sim_small_scan
     config = tmp_path / "echo.xml"
@@ -38,7 +38,7 @@ def test_replay_sends_the_whole_file_and_writes_images_like_the_client(sim_small
         assert np.allclose(data[k].reshape(-1)[:expected.size], expected.reshape(-1), rtol=1e-6)
 
 
-def test_replay_failure_exits_2_with_the_stage_reason_and_writes_nothing(sim_small_scan, test_gadget, tmp_path,  # noqa: F811
+def test_replay_failure_exits_2_with_the_stage_reason_and_writes_nothing(sim_small_scan, test_gadget, tmp_path,
                                                                         capsys):
     _, _, raw = sim_small_scan
     config = tmp_path / "text.xml"
@@ -59,7 +59,7 @@ def test_replay_refuses_a_configuration_it_cannot_run(sim_small_scan, tmp_path, 
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_interrupted_replay_leaves_no_stage_process(sim_small_scan, test_gadget, tmp_path, sig):  # noqa: F811
+def test_interrupted_replay_leaves_no_stage_process(sim_small_scan, test_gadget, tmp_path, sig):
     """Ctrl-C: the replay stops its stages and exits 130; killed outright: the stages die with it."""
     config = tmp_path / "hang.xml"
     config.write_text(config_xml(("images", {"mode": "hang"})))

@@ -13,12 +13,12 @@ import time
 import ismrmrd
 import numpy as np
 import pytest
+from chain_helpers import acquisitions, config_xml, exchange, header, scan
 
 from mrf_gadgetron.host.chain import ChainOptions
 from mrf_gadgetron.host.messages import (
     Limits,
     MessageId,
-    MessageReader,
     encode_config_name,
     encode_header,
     encode_id,
@@ -26,11 +26,10 @@ from mrf_gadgetron.host.messages import (
     encode_string,
 )
 from mrf_gadgetron.host.server import MrfServer, ServerSettings
-from tests.test_wire import acquisitions, config_xml, header, test_gadget  # noqa: F401 (fixture)
 
 
 @pytest.fixture()
-def server(test_gadget, tmp_path):  # noqa: F811
+def server(test_gadget, tmp_path):
     folder = tmp_path / "configs"
     folder.mkdir()
     (folder / "echo.xml").write_text(config_xml(("images", {"scale": "2"})))
@@ -43,30 +42,6 @@ def server(test_gadget, tmp_path):  # noqa: F811
     yield srv
     srv.shutdown()
     srv.server_close()
-
-
-def exchange(port: int, data: bytes, shut_write: bool = False, timeout_s: float = 30):
-    """Send bytes as a client, read the answer until CLOSE: (images, texts)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
-        sock.sendall(data)
-        if shut_write:
-            sock.shutdown(socket.SHUT_WR)
-        reader = MessageReader(sock, "server")
-        images, texts = [], []
-        while True:
-            mid = reader.read_id()
-            if mid == MessageId.CLOSE:
-                return images, texts
-            if mid == MessageId.TEXT:
-                texts.append(reader.read_string(10**6, "text"))
-            else:
-                images.append(reader.read_item(mid))
-
-
-def scan(config: bytes, items=None, head: bytes | None = None) -> bytes:
-    items = acquisitions(3) if items is None else items
-    return (config + (encode_header(header()) if head is None else head) + b"".join(map(encode_item, items))
-            + encode_id(MessageId.CLOSE))
 
 
 def test_configuration_by_name_returns_images_and_warnings(server):
