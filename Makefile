@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 DEMO_DIR ?= out/demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean image-env
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_mapping.py
 	$(PY) benchmarks/bench_replay.py
 	$(PY) benchmarks/bench_qa.py
+
+# Gadgetron's runtime image without Docker: a venv with the image's packages (numpy 1.26.4, scipy 1.13, ismrmrd
+# 1.14, ...), the package installed as the Dockerfile does, and the Dockerfile's check run as a non-root user
+# from / (docker/emulate.sh; README, "Docker"). TORCH_INDEX= (empty) when torch 2.13.0+cpu is in pip's find-links.
+IMAGE_ENV ?= /tmp/mrf-image-env
+image-env:
+	sh docker/emulate.sh $(IMAGE_ENV)
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

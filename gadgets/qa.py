@@ -32,6 +32,8 @@ NAME = "qa"
 QUANTITATIVE_ROLE = "Quantitative"
 USHORT_GREY_MAX = 4095
 NIST_FIELDS_T = (1.5, 3.0)
+# ismrmrd.IMTYPE_RGB (6, ISMRMRD_IMTYPE_RGB in C++) came with ismrmrd-python 1.15; Gadgetron's image has 1.14
+IMTYPE_RGB = getattr(ismrmrd, "IMTYPE_RGB", 6)
 PROPERTIES = (
     Setting("array", "auto", choice("auto", "t1", "t2"),
             "NIST plate: t1 (NiCl2), t2 (MnCl2), or auto (the plate the spheres agree with)"),
@@ -67,7 +69,7 @@ def figure_image(rgb: np.ndarray, like: ImageGeometry, slice_index: int, setting
     height, width = rgb.shape[:2]
     if settings.figure == "rgb":
         data = rgb.transpose(2, 0, 1).astype(np.uint16)[:, None]  # (3 channels, z, y, x), 0-255
-        image_type = ismrmrd.IMTYPE_RGB
+        image_type = IMTYPE_RGB
     else:
         grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         data = np.rint(grey * (USHORT_GREY_MAX / 255.0)).astype(np.uint16)[None, None]

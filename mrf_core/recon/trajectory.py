@@ -44,6 +44,8 @@ from mrf_core.errors import MrfError
 
 GAMMA_HZ_PER_T = 42.577478e6  # proton gyromagnetic ratio / (2 pi)
 GOLDEN_ANGLE_DEG = 180.0 * (3.0 - math.sqrt(5.0))  # 137.5078 deg
+# numpy >= 2 renamed trapz to trapezoid (trapz is deprecated there); numpy 1.26 (Gadgetron's image) has only trapz
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # noqa: NPY201
 TRAJECTORY_ID = "mrf_vds"
 ROTATIONS = ("sequential", "golden")
 _DESIGN_OVERSAMPLING = 4  # integration steps per ADC dwell
@@ -335,7 +337,7 @@ def pipe_menon_dcf(traj, n_iter: int = _DCF_ITERATIONS) -> np.ndarray:
     # At convergence sum_i w_i K(k - k_i) = 1 with K = C C^T; a weight density rho (per unit area)
     # gives rho * (integral of the kernel) * (kernel sum over grid points) = 1. Scale to rho = 1.
     xs = np.linspace(-width / 2.0, width / 2.0, 4001)
-    integral = np.trapezoid(_kaiser_bessel(xs, width, beta), xs) / os_  # per cycle/FOV
+    integral = _trapezoid(_kaiser_bessel(xs, width, beta), xs) / os_  # per cycle/FOV
     shifts = np.linspace(0.0, 1.0, 8, endpoint=False)
     grid_sum = _kaiser_bessel(np.arange(-width, width + 1)[:, None] + shifts, width, beta).sum(0).mean()
     return w * (integral * grid_sum) ** 2

@@ -357,13 +357,21 @@ class SimulatedScan:
             acquisition_time_stamp=int(round(time_ms / TIMESTAMP_TICK_MS)),
             sample_time_us=float(self.spiral.params.dwell_us), center_sample=0,
         )
-        for c in range(self.settings.n_coils):
-            acq.setChannelActive(c)
+        _set_channels_active(acq, self.settings.n_coils)
         acq.position[:] = (0.0, 0.0, float(self.slice_positions_mm[slice_index]))
         acq.read_dir[:] = (1.0, 0.0, 0.0)
         acq.phase_dir[:] = (0.0, 1.0, 0.0)
         acq.slice_dir[:] = (0.0, 0.0, 1.0)
         return acq
+
+
+def _set_channels_active(acq: ismrmrd.Acquisition, n_channels: int) -> None:
+    """Mark channels 0..n-1 active in the channel mask, as ismrmrd >= 1.15's setChannelActive does (channel c:
+    bit c % 64 of word c // 64); by hand, because ismrmrd 1.14 (Gadgetron's image) has no such method."""
+    mask = acq.channel_mask  # the header's uint64[16] array, written in place
+    for channel in range(n_channels):
+        word, bit = divmod(channel, 64)
+        mask[word] |= 1 << bit
 
 
 @dataclass
