@@ -5,6 +5,7 @@
 # through every shipped configuration) run as a non-root user from /.
 #
 #   sh docker/emulate.sh [ENV_DIR]        (default /tmp/mrf-image-env; rebuilt each time)
+#   RUN_TESTS=1 sh docker/emulate.sh ...  (CI: also the test suite against the installed wheel, below)
 #
 # The image (ghcr.io/gadgetron/gadgetron/ubuntu22.04_rt_nocuda) has Python 3.10 with numpy 1.26.4, h5py 3.7,
 # scipy 1.13, ismrmrd 1.14, gadgetron 1.4.1 and a setuptools older than torch's >= 77. The venv uses Python 3.11
@@ -58,17 +59,34 @@ find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
 sh "$here/install.sh" "$ENV_DIR/bin/python" "$work/src" "$TORCH_INDEX"
 installed=$(date +%s)
 
-# 3. the Dockerfile's check, as a non-root user from /, with the env's python
+# 3. the Dockerfile's check and `mrf demo`, as a non-root user from /, with the env's python
 chmod 755 "$work"
 cp "$here/verify.sh" "$work/verify.sh"
+demo='out=$(mktemp -d); PATH="$(dirname "$1"):$PATH" mrf demo --out "$out/demo" > "$out/demo.log" 2>&1 \
+    || { cat "$out/demo.log"; exit 1; }; tail -n 3 "$out/demo.log"'
 if [ "$(id -u)" = 0 ]; then
     home="$work/home"
     mkdir "$home"
     chown "$RUN_AS" "$home"
-    (cd / && runuser -u "$RUN_AS" -- env -i HOME="$home" TMPDIR="$home" PATH=/usr/bin:/bin LANG=C.UTF-8 \
-        sh "$work/verify.sh" "$ENV_DIR/bin/python")
+    as_user() { (cd / && runuser -u "$RUN_AS" -- env -i HOME="$home" TMPDIR="$home" PATH=/usr/bin:/bin \
+        LANG=C.UTF-8 "$@"); }
 else
-    (cd / && sh "$work/verify.sh" "$ENV_DIR/bin/python")
+    as_user() { (cd / && "$@"); }
 fi
-echo "emulate.sh: env built and package installed in $((installed - started)) s, check passed in" \
-    "$(($(date +%s) - installed)) s; the env stays in $ENV_DIR"
+as_user sh "$work/verify.sh" "$ENV_DIR/bin/python"
+as_user sh -c "$demo" demo "$ENV_DIR/bin/python"
+checked=$(date +%s)
+echo "emulate.sh: env built and package installed in $((installed - started)) s, check and demo passed in" \
+    "$((checked - installed)) s; the env stays in $ENV_DIR"
+
+# 4. RUN_TESTS=1: the test suite against the installed wheel, from a copy of tests/ outside the checkout (so
+# nothing can come from the source tree; the repository's own file checks are skipped there)
+if [ "${RUN_TESTS:-0}" = 1 ]; then
+    sh "$here/install.sh" --constraints "$ENV_DIR/bin/python" > "$work/constraints.txt"
+    "$ENV_DIR/bin/python" -m pip install --disable-pip-version-check -q -c "$work/constraints.txt" pytest nibabel
+    cp -R "$root/tests" "$work/tests"
+    find "$work/tests" -name __pycache__ -prune -exec rm -rf {} +
+    (cd "$work" && HOME="$work" XDG_CACHE_HOME="$work/cache" "$ENV_DIR/bin/python" -m pytest -q -ra \
+        -p no:cacheprovider -W "ignore::DeprecationWarning:torch.*" tests)
+    echo "emulate.sh: test suite passed against the installed wheel in $(($(date +%s) - checked)) s"
+fi

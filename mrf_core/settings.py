@@ -33,6 +33,7 @@ NUFFT_BACKENDS = ("finufft", "sigpy", "cufinufft", "dft")
 GRIDS = ("percent", "song", "oksuz")
 MAPPERS = ("network", "dictionary", "none")
 QUANTITY_KEYS = ("t1_ms", "t2_ms", "pd", "b1", "quality")
+CACHE_HOME = "$XDG_CACHE_HOME"
 # ReconSettings' defaults, literal for the same reason (tests check them against ReconSettings).
 RECON_DEFAULTS = {"method": "llr", "n_virtual_coils": 8, "coil_method": "lowres", "nufft_backend": "finufft",
                   "llr_lambda": 1.2, "n_threads": 2, "iterations": {"cg": 5, "llr": 30}}
@@ -61,8 +62,11 @@ def text(value: str) -> str:
 
 
 def optional_path(value: str) -> Path | None:
-    """Empty means none."""
+    """Empty means none; a leading `$XDG_CACHE_HOME` is that variable's folder (else ~/.cache), resolved
+    when parsed, so a default names the rule rather than one machine's folder."""
     value = value.strip()
+    if value.startswith(CACHE_HOME):
+        value = str(mrf_core.cache_dir("").parent) + value[len(CACHE_HOME):]
     return Path(value).expanduser() if value else None
 
 
@@ -172,7 +176,7 @@ SETTINGS: tuple[Setting, ...] = (
             "coil compression to this many virtual coils (0: none)", ("recon",)),
     Setting("coil_method", _R["coil_method"], choice(*COIL_METHODS), "coil sensitivity estimation", ("recon",)),
     Setting("nufft_backend", _R["nufft_backend"], choice(*NUFFT_BACKENDS), "NUFFT implementation", ("recon",)),
-    Setting("psf_cache_dir", str(mrf_core.cache_dir("psf")), optional_path,
+    Setting("psf_cache_dir", f"{CACHE_HOME}/mrf-gadgetron/psf", optional_path,
             "folder caching Toeplitz PSF kernels (empty: no cache)", ("recon",)),
     Setting("mask_fraction", "0.1", number(0.0, 0.99),
             "object mask: voxels whose time-average magnitude exceeds this fraction of its 99th percentile "
@@ -203,7 +207,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("n_states", "50", integer(2, 1000), "EPG states of a built dictionary", ("recon", "dictionary")),
     Setting("dictionary_rank", "10", integer(1, 64), "SVD basis rank of a built dictionary",
             ("recon", "dictionary")),
-    Setting("dictionary_cache_dir", str(mrf_core.cache_dir("dictionaries")), optional_path,
+    Setting("dictionary_cache_dir", f"{CACHE_HOME}/mrf-gadgetron/dictionaries", optional_path,
             "folder keeping built dictionaries by schedule and settings (empty: no cache)", ("recon", "dictionary")),
     Setting("search", "auto", choice("auto", "exhaustive", "pruned"),
             "dictionary search (auto: exhaustive up to 10k atoms, exact pruned above)", ("dictionary",)),
@@ -253,11 +257,9 @@ _READERS = {"gather": "reconstruct", "recon": "reconstruct", "network": "map_net
 def markdown_table() -> str:
     """The table as Markdown, for the README (`python -m mrf_core.settings` prints it)."""
     rows = ["| setting (property, `--flag`) | default | read by | meaning |", "|---|---|---|---|"]
-    cache_root = str(mrf_core.cache_dir(""))  # this machine's: shown by its rule
     for s in SETTINGS:
         readers = ", ".join(dict.fromkeys(_READERS[stage] for stage in s.stages))
-        shown = s.default.replace(cache_root, "$XDG_CACHE_HOME/mrf-gadgetron")
-        default = f"`{shown}`" if s.default else "(empty)"
+        default = f"`{s.default}`" if s.default else "(empty)"
         rows.append(f"| `{s.name}` | {default} | {readers} | {s.help.replace('|', '/')} |")
     return "\n".join(rows)
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import xml.etree.ElementTree as ElementTree
-from pathlib import Path
 
 import pytest
 
 from gadgets.properties import read_properties
-from mrf_gadgetron.host.stream_config import load_stream_config
+from mrf_gadgetron.host.stream_config import default_config_dir, load_stream_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config_xml"
+CONFIG_DIR = default_config_dir()  # the checkout's config_xml, or the installed package's
 CHAINS = {
     "mrf_default.xml": ["reconstruct", "map_network", "map_dictionary", "emit"],
     "mrf_dictionary.xml": ["reconstruct", "map_dictionary", "emit"],

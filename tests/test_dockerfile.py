@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.repository
+if not (ROOT / "Dockerfile").is_file():
+    pytest.skip("checks the repository's Dockerfile: run from the checkout", allow_module_level=True)
 TEXT = (ROOT / "Dockerfile").read_text()
 LINES = re.sub(r"\\\n\s*", " ", TEXT).splitlines()  # continuation lines joined
 INSTALL = (ROOT / "docker" / "install.sh").read_text()

@@ -3,10 +3,13 @@ layout section names every package and module of the tree."""
 
 from __future__ import annotations
 
+import importlib
 import pkgutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import mrf_core
 
@@ -14,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _modules(package: str) -> list[str]:
-    path = ROOT / package
+    """Every module of `package` where it is imported from (the checkout, or an installed wheel)."""
+    path = Path(importlib.import_module(package).__file__).parent
     return sorted(m.name for m in pkgutil.walk_packages([str(path)], prefix=f"{package}.")
                   if not m.name.split(".")[-1].startswith("_"))
 
@@ -31,6 +35,7 @@ def test_mrf_core_imports_no_gadgetron_and_no_application_code():
     assert out.stdout.strip() == ""
 
 
+@pytest.mark.repository
 def test_the_readme_layout_names_every_package_and_module():
     readme = (ROOT / "README.md").read_text()
     block = readme[readme.index("## Layout"):]
@@ -40,7 +45,7 @@ def test_the_readme_layout_names_every_package_and_module():
     for package in ("mrf_core", "mrf_gadgetron", "gadgets"):
         for name in _modules(package):
             leaf = name.split(".")[-1]
-            is_package = (ROOT / name.replace(".", "/")).is_dir()
+            is_package = hasattr(importlib.import_module(name), "__path__")
             assert (f"{leaf}/" if is_package else leaf) in words, f"README layout does not name {name}"
     assert mrf_core.__version__
 
@@ -50,7 +55,7 @@ def test_tests_do_not_import_each_other():
     folder against an installed package, without the checkout on sys.path."""
     import ast
 
-    for path in sorted((ROOT / "tests").glob("*.py")):
+    for path in sorted(Path(__file__).parent.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []

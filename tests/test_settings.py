@@ -81,6 +81,7 @@ def test_parse_errors_name_the_setting_and_what_it_accepts():
     assert read_properties(configuration({"device": "cuda:1"}), map_network.PROPERTIES, "m").device == "cuda:1"
 
 
+@pytest.mark.repository
 def test_the_readme_shows_the_table():
     from pathlib import Path
 
