@@ -110,17 +110,23 @@ def cached_dictionary(path: Path, schedule, grid, rank: int) -> Dictionary:
 
 
 # ---- (a) Song ---------------------------------------------------------------------------------------------
-def table_a(args, cache: Path) -> None:
+def song_setting(n_train: int, epochs: int, minutes: float | None):
+    """(schedule, space, {name: TrainConfig}) of table (a); benchmarks/gpu_run.py trains the same."""
     schedule = default_schedule().truncated(200)
     space = ParameterSpace((1.0, 5000.0), (1.0, 2000.0), None, "uniform", "linear")
     budget = dict(n_val=2000, snr_range=None, clean_fraction=0.0, space=space, seed=0, progress=False,
-                  max_minutes=args.minutes, patience=8)
+                  max_minutes=minutes, patience=8)
     configs = {
-        "residual CNN": TrainConfig(arch="resnet", input_kind="complex", n_train=args.n_train_a, epochs=args.epochs,
+        "residual CNN": TrainConfig(arch="resnet", input_kind="complex", n_train=n_train, epochs=epochs,
                                     batch_size=128, lr=1e-3, **budget),
-        "default network (MLP)": TrainConfig(arch="mlp", input_kind="coefficients", rank=16, n_train=args.n_train_a,
-                                             epochs=args.epochs, batch_size=256, lr=2e-3, **budget),
+        "default network (MLP)": TrainConfig(arch="mlp", input_kind="coefficients", rank=16, n_train=n_train,
+                                             epochs=epochs, batch_size=256, lr=2e-3, **budget),
     }
+    return schedule, space, configs
+
+
+def table_a(args, cache: Path) -> None:
+    schedule, space, configs = song_setting(args.n_train_a, args.epochs, args.minutes)
     print(f"(a) Song setting: {schedule.describe()}")
     rng = np.random.default_rng(2019)
     test = simulate_set(schedule, space, args.n_test_a, rng, None, n_states=50)
@@ -157,19 +163,25 @@ def table_a(args, cache: Path) -> None:
 
 
 # ---- (b) Oksuz --------------------------------------------------------------------------------------------
-def fold_stats(e: np.ndarray, folds: int = 5) -> tuple[str, str]:
+def fold_figures(e: np.ndarray, folds: int = 5) -> tuple[float, float, float, float]:
+    """(mean |e|, std |e|, mean of the per-fold RMSEs, their std) over `folds` folds."""
     a = np.abs(e)
     per_fold = [rmse(part) for part in np.array_split(e, folds)]
-    return f"{np.nanmean(a):.2f} ± {np.nanstd(a):.2f}", f"{np.mean(per_fold):.2f} ± {np.std(per_fold):.2f}"
+    return float(np.nanmean(a)), float(np.nanstd(a)), float(np.mean(per_fold)), float(np.std(per_fold))
 
 
-def table_b(args, cache: Path) -> None:
+def fold_stats(e: np.ndarray, folds: int = 5) -> tuple[str, str]:
+    mae, mae_std, fold_rmse, fold_std = fold_figures(e, folds)
+    return f"{mae:.2f} ± {mae_std:.2f}", f"{fold_rmse:.2f} ± {fold_std:.2f}"
+
+
+def oksuz_setting(n_train: int, epochs: int, minutes: float | None, snr: float, rnn_step: int):
+    """(schedule, space, {name: TrainConfig}) of table (b); benchmarks/gpu_run.py trains the same."""
     schedule = default_schedule()
     space = ParameterSpace((2.0, 4000.0), (1.0, 500.0), None, "log-uniform", "log")
-    snr = args.snr_b
-    budget = dict(n_train=args.n_train_b, n_val=5000, epochs=args.epochs, snr_range=(snr, snr), clean_fraction=0.0,
-                  space=space, seed=0, progress=False, max_minutes=args.minutes, patience=6, lr=1e-3)
-    step = {"step": args.rnn_step}
+    budget = dict(n_train=n_train, n_val=5000, epochs=epochs, snr_range=(snr, snr), clean_fraction=0.0,
+                  space=space, seed=0, progress=False, max_minutes=minutes, patience=6, lr=1e-3)
+    step = {"step": rnn_step}
     configs = {
         "ANN (DRONE)": TrainConfig(arch="drone", input_kind="magnitude", batch_size=256, **budget),
         "1-D CNN": TrainConfig(arch="hoppe", input_kind="magnitude", batch_size=256, **budget),
@@ -179,6 +191,12 @@ def table_b(args, cache: Path) -> None:
         "default network (MLP, rank 5)": TrainConfig(arch="mlp", input_kind="coefficients", rank=5, batch_size=512,
                                                      **{**budget, "lr": 2e-3}),
     }
+    return schedule, space, configs
+
+
+def table_b(args, cache: Path) -> None:
+    snr = args.snr_b
+    schedule, space, configs = oksuz_setting(args.n_train_b, args.epochs, args.minutes, snr, args.rnn_step)
     print(f"(b) Oksuz setting: {schedule.describe()}; SNR {snr:g}")
     t0 = time.perf_counter()
     data = (simulate_set(schedule, space, args.n_train_b, np.random.default_rng(0), None, 50, progress=True),

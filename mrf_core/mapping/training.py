@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SCORE_BASIS_RANK = 20  # basis of a time-course model's fingerprint table (residual ~1e-6 for Jiang)
 _SIM_CHUNK = 8192
+_AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -67,6 +68,7 @@ class TrainConfig:
     basis_step_pct: float = 5.0  # grid step of the basis dictionary when basis_dictionary is None
     max_minutes: float | None = None  # wall-clock budget: training stops when it is spent (checked every 20 batches)
     progress: bool = True
+    amp: str | None = None  # mixed precision on CUDA (torch.autocast): "bf16" or "fp16"; None (and on a CPU): fp32
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -83,6 +85,8 @@ class TrainConfig:
                 raise MappingConfigError(f"snr_range = {self.snr_range} must satisfy 0 < low <= high")
         if not 0 <= self.clean_fraction <= 1:
             raise MappingConfigError(f"clean_fraction = {self.clean_fraction} must be in [0, 1]")
+        if self.amp not in _AMP_DTYPES:
+            raise MappingConfigError(f"amp = {self.amp!r} must be one of {list(_AMP_DTYPES)}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -162,6 +166,12 @@ def _predict_normalised(module: MappingModule, re: torch.Tensor, im: torch.Tenso
     return torch.cat([module.normalised(re[i : i + batch], im[i : i + batch]) for i in range(0, re.shape[0], batch)])
 
 
+def _autocast(device: torch.device, amp: str | None):
+    """torch.autocast to `amp`'s dtype on CUDA; disabled (fp32) otherwise."""
+    dtype = _AMP_DTYPES[amp] if device.type == "cuda" else None
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
 def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | None = None,
                 data: tuple[TrainingSet, TrainingSet] | None = None) -> tuple[MappingModule, dict]:
     """Train per `config`; write the archive to `out` when given. Returns (module in eval mode, metadata).
@@ -198,6 +208,7 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
     val_re, val_im = augment(val.signals, val.mean_abs, config.snr_range, config.clean_fraction,
                              torch.Generator().manual_seed(config.seed + 1))
     optimiser = torch.optim.Adam(module.parameters(), lr=config.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and config.amp == "fp16")
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=max(2, config.patience // 3))
     best_loss, best_state, best_epoch, stale, history = math.inf, None, 0, 0, []
     deadline = math.inf if config.max_minutes is None else start + 60 * config.max_minutes
@@ -211,15 +222,17 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
                 break  # the budget ends inside this (long) epoch: validate what was learnt, then stop
             ids = order[lo : lo + config.batch_size]
             re, im = augment(train.signals[ids], train.mean_abs[ids], config.snr_range, config.clean_fraction, gen)
-            predicted = module.normalised(re.to(device), im.to(device))
-            loss = torch.nn.functional.mse_loss(predicted, y_train[ids].to(device))
+            with _autocast(device, config.amp):
+                predicted = module.normalised(re.to(device), im.to(device))
+                loss = torch.nn.functional.mse_loss(predicted.float(), y_train[ids].to(device))
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            scaler.scale(loss).backward()  # the scaler is a pass-through unless amp is fp16 on CUDA
+            scaler.step(optimiser)
+            scaler.update()
             total += float(loss.detach()) * ids.numel()
             seen += ids.numel()
         module.eval()
-        val_loss = float(torch.nn.functional.mse_loss(
+        val_loss = float(torch.nn.functional.mse_loss(  # in fp32 (amp or not): an honest early-stopping figure
             _predict_normalised(module, val_re.to(device), val_im.to(device)).cpu(), y_val))
         history.append({"epoch": epoch + 1, "train_loss": total / seen, "val_loss": val_loss, "signals": seen,
                         "lr": optimiser.param_groups[0]["lr"]})
