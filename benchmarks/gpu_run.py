@@ -4,8 +4,8 @@ exported, evaluated beside the papers' figures, and the GPU reconstruction path 
     timeout 590 python benchmarks/gpu_run.py --out out/gpu_run --budget-s 480           # on the GPU machine
     python benchmarks/gpu_run.py --out /tmp/gpu_quick --device cpu --quick --budget-s 30  # smoke run, any CPU
 
---quick: tiny sizes (32/40 TRs, 512 training signals, 128 tests, a 17-node table, 64^2 slice with 4 coils and
-8 llr iterations): every stage in ~20 s on 2 CPU cores (tests/test_gpu_run.py). The papers' figures need
+--quick: tiny sizes (32/40 TRs, 256 training signals, 128 tests, a 17-node table, 48^2 slice with 4 coils and
+4 llr iterations, 4 epochs): every stage in ~15 s on 2 CPU cores (tests/test_gpu_run.py). The papers' figures need
 the full sizes on a GPU.
 
 Stages (each guarded: a failure is recorded in figures.json under its name and the other stages still run;
@@ -35,8 +35,8 @@ each starts only when the budget left covers its minimum, else it is recorded as
   oksuz_eval   MAE mean +- std of |error| and RMSE mean +- std over 5 folds (seed_tables.fold_figures), ms per
                signal on the device and on the CPU; inner product matching (their 114,400-atom grid, rank-10
                subspace, exhaustive) on the device
-  recon        the standard slice (NIST T1 plate at 3 T, 256^2, 1000 TRs, 16 coils, SNR 40; --quick: 64^2,
-               4 coils, 8 iterations) simulated with mrf_core.sim, reconstructed with llr (rank 10: the
+  recon        the standard slice (NIST T1 plate at 3 T, 256^2, 1000 TRs, 16 coils, SNR 40; --quick: 48^2,
+               4 coils, 4 iterations) simulated with mrf_core.sim, reconstructed with llr (rank 10: the
                default model's basis) on the CPU (finufft) and on the device (cufinufft when importable, else
                sigpy; on a CPU run: sigpy on the CPU), each mapped with the default model on its device;
                seconds per stage, map NRMSE against the phantom, and whether the device's maps agree with
@@ -90,9 +90,9 @@ SONG_TRAIN_ATOMS = 80_100  # their grid: T1 1:10:5000, T2 1:10:2000 ms, T2 <= T1
 def sizes(quick: bool) -> dict:
     """Full: the papers' sizes. Quick: tiny (a CPU smoke run of every stage in well under a minute)."""
     if quick:
-        return dict(song_trs=32, oksuz_trs=40, song_train=512, oksuz_train=512, n_val=128, song_test=128,
-                    oksuz_test=128, cpu_signals=128, epochs=20, table_nodes=17, basis_step_pct=25.0,
-                    matrix=64, coils=4, iterations=8, ip_grid_step_pct=25.0, reserve_eval_s=7.0,
+        return dict(song_trs=32, oksuz_trs=40, song_train=256, oksuz_train=256, n_val=64, song_test=128,
+                    oksuz_test=128, cpu_signals=128, epochs=4, table_nodes=17, basis_step_pct=25.0,
+                    matrix=48, coils=4, iterations=4, ip_grid_step_pct=25.0, reserve_eval_s=7.0,
                     reserve_recon_s=10.0, min_train_s=1.0)
     return dict(song_trs=None, oksuz_trs=None, song_train=SONG_TRAIN_ATOMS, oksuz_train=100_000, n_val=None,
                 song_test=8000, oksuz_test=5000, cpu_signals=8000, epochs=200, table_nodes=None, basis_step_pct=None,

@@ -25,19 +25,22 @@ def test_quick_cpu_run_writes_every_figure_and_archive(tmp_path, monkeypatch):
     gpu_run = importlib.import_module("gpu_run")
     out = tmp_path / "out"
     # --max-archive-mib 8: the residual CNN (~15 MiB in float32) takes the float16 export path here too
-    gpu_run.main(["--out", str(out), "--device", "cpu", "--quick", "--budget-s", "30", "--max-archive-mib", "8"])
+    # a generous budget, so that a loaded machine skips no stage (--quick caps the training at 4 epochs)
+    gpu_run.main(["--out", str(out), "--device", "cpu", "--quick", "--budget-s", "300", "--max-archive-mib", "8"])
 
     figures = json.loads((out / "figures.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     stages = figures["stages"]
     assert stages["env"]["status"] == "ok"
-    assert all(s["status"] in ("ok", "skipped", "error") for s in stages.values()), stages
+    assert all(s["status"] in ("ok", "skipped") for s in stages.values()), stages  # no stage fails on a CPU
     assert stages["song_export"]["status"] == "ok" and stages["oksuz_export"]["status"] == "ok", stages
 
     networks = {**figures["song"]["networks"], **figures["oksuz"]["networks"]}
     for name, stem in gpu_run.ARCHIVE_NAMES.items():
         record = networks[name]
-        assert "error" in record or (record["figures"] and all(math.isfinite(v) for v in _numbers(record["figures"]))
-                                     and None not in record["figures"].values()), (name, record)
+        assert "error" not in record, (name, record)
+        if "figures" in record:  # absent only when the budget skipped the evaluation
+            assert record["figures"] and None not in record["figures"].values(), (name, record)
+            assert all(math.isfinite(v) for v in _numbers(record["figures"])), (name, record)
         path = out / f"{stem}.pt"  # training runs at least one epoch, so every network has its archive
         assert record["archive"] == path.name and path.is_file(), (name, record)
         assert path.stat().st_size < 16 * 2**20 and record["archive_under_16_mib"]

@@ -35,6 +35,7 @@ def server(test_gadget, tmp_path):
     (folder / "echo.xml").write_text(config_xml(("images", {"scale": "2"})))
     (folder / "hang.xml").write_text(config_xml(("images", {"mode": "hang"})))
     settings = ServerSettings(config_dir=folder, max_connections=2, client_timeout_s=5, drain_s=5,
+                              allow=("wire_test_gadget:images", "wire_test_gadget:passthrough"),
                               limits=Limits(header_bytes=10**5), chain=ChainOptions(connect_s=30, io_s=30, exit_s=10))
     srv = MrfServer(("127.0.0.1", 0), settings)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -137,7 +138,7 @@ def test_mrf_serve_command_serves_until_stopped(tmp_path):
 
     (tmp_path / "echo.xml").write_text(config_xml(("images", None)))
     proc = subprocess.Popen([sys.executable, "-m", "mrf_gadgetron", "serve", "--port", "0", "--config-dir",
-                             str(tmp_path)],
+                             str(tmp_path), "--allow", "wire_test_gadget:images"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:

@@ -12,7 +12,8 @@ frequencies stay 2 pi k / matrix, the grid just holds more pixels.
 
 Backends (`BACKENDS`):
 - "finufft" (default, CPU): one finufft.Plan per (direction, batch size), points set once, at most
-  `n_threads` threads, each spreading whole transforms (bitwise reproducible with one thread only).
+  `n_threads` threads, each spreading whole transforms (batches padded to a multiple of the threads, so
+  results are bitwise reproducible).
 - "sigpy": sigpy.nufft / nufft_adjoint (numba on the CPU, cupy on a GPU with device="cuda[:n]"),
   rescaled from sigpy's orthonormal scaling to the convention above.
 - "cufinufft": cufinufft plans on a GPU (needs cupy and cufinufft; numpy in and out).
@@ -40,11 +41,12 @@ DEFAULT_THREADS = 2
 _DFT_MAX_ENTRIES = 50_000_000  # points x pixels of the explicit matrix
 _SIGPY_OVERSAMPLING, _SIGPY_WIDTH = 1.25, 4
 _MAX_CACHED_PLANS = 6
-# finufft's spread_thread 2: threads take whole transforms of a batch, so most sums run in a fixed order
-# (its automatic choice splits one transform's points between threads when the batch is small). Not
-# bitwise reproducible all the same: when the batch is not a multiple of the threads, the leftover
-# transform is spread by all threads (measured: 1 run in ~300 differs at ~5e-7 relative with 1, 3 or 5
-# transforms on 2 threads); one thread is.
+# finufft's spread_thread 2: threads take whole transforms of a batch, so each transform's sums run in a
+# fixed order (its automatic choice splits one transform's points between threads when the batch is
+# small). A batch that is not a multiple of the threads would leave its last transforms to all threads
+# (measured: 1 run in ~300 differed at ~5e-7 relative with 1, 3 or 5 transforms on 2 threads), so batches
+# are padded with zero transforms to a multiple of the threads: results are bitwise reproducible, whatever
+# else runs on the machine, at the cost of the remainder running one transform per thread.
 _FINUFFT_SPREAD_THREAD = 2
 
 
@@ -175,6 +177,10 @@ class Nufft:
     def _finufft(self, nufft_type: int, data: np.ndarray) -> np.ndarray:
         import finufft
 
+        n_data = data.shape[0]
+        pad = -n_data % self.n_threads  # whole transforms per thread: see _FINUFFT_SPREAD_THREAD
+        if pad:
+            data = np.concatenate([data, np.zeros((pad,) + data.shape[1:], dtype=data.dtype)])
         n_trans = data.shape[0]
 
         def make():
@@ -186,7 +192,7 @@ class Nufft:
 
         plan = self._plan(nufft_type, n_trans, make)
         out = plan.execute(data[0] if n_trans == 1 else data)
-        return out.reshape((n_trans,) + (out.shape[-1:] if nufft_type == 2 else self.shape))
+        return out.reshape((n_trans,) + (out.shape[-1:] if nufft_type == 2 else self.shape))[:n_data]
 
     def _cufinufft(self, nufft_type: int, data: np.ndarray) -> np.ndarray:
         import cufinufft

@@ -176,9 +176,11 @@ class _Run:
 
 def run_chain(config: StreamConfig, header, items: Iterable, on_output: Callable[[object], None],
               on_log: Callable[[str, str, str], None] | None = None,
-              options: ChainOptions = ChainOptions()) -> ChainReport:
+              options: ChainOptions = ChainOptions(), stop: threading.Event | None = None) -> ChainReport:
     """Run the configuration's stages on a header (ismrmrd.xsd) and items; raise ChainError with the
-    reason on any failure. `items` may raise InputError (bad client data): the chain stops at once."""
+    reason on any failure. `items` may raise InputError (bad client data): the chain stops at once. When
+    `stop` is set (the client left), the chain stops within a fraction of a second and its stages are
+    terminated."""
     run = _Run(config, options, on_output, on_log)
     threads: list[threading.Thread] = []
     try:
@@ -197,6 +199,8 @@ def run_chain(config: StreamConfig, header, items: Iterable, on_output: Callable
         for item in items:
             if run.failed.is_set():
                 break
+            if stop is not None and stop.is_set():
+                raise ChainError("the client left; the chain was stopped")
             mid = ITEM_IDS.get(type(item))
             if mid not in accepted:
                 raise InputError(f"no reader in {config.source} accepts {type(item).__name__} messages ({mid}); "
@@ -209,12 +213,14 @@ def run_chain(config: StreamConfig, header, items: Iterable, on_output: Callable
             run.send(first, None)
         for thread in threads:
             while thread.is_alive() and not run.failed.is_set():
+                if stop is not None and stop.is_set():
+                    raise ChainError("the client left; the chain was stopped")
                 thread.join(0.2)
         if not run.failed.is_set():
             for stage in run.stages:
                 if stage.wait(options.exit_s) is None:
                     run.fail(StageError(stage.label, f"still running {options.exit_s:g} s after its CLOSE"))
-    except (StageError, WireError, InputError, OSError) as exc:
+    except (StageError, WireError, ChainError, OSError) as exc:
         run.fail(exc)
     except BaseException as exc:  # Ctrl-C and the like: stop everything, then let it through
         run.fail(ChainError(f"interrupted: {exc!r}"))
@@ -230,6 +236,7 @@ def run_chain(config: StreamConfig, header, items: Iterable, on_output: Callable
         for thread in threads:
             thread.join(5.0)
     reason = run.reason()
+    run.errors.clear()  # the errors' tracebacks refer to this frame: no cycle left to hold buffers
     if reason is not None:
         raise ChainError(reason)
     _fill_report(run)

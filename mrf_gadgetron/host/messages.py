@@ -4,7 +4,13 @@ A message is a uint16 little-endian id and a payload: 1 config file name (1024 b
 2 config text and 3 header and 5 text (uint32 length + bytes), 4 close (nothing), 8 error (uint64 length
 + bytes; only external peers send it), 1008 acquisition, 1022 image, 1026 waveform (ismrmrd's own
 serialization). Sizes are checked against `Limits` from the fixed-size headers before any payload is
-read, so a corrupt or hostile length is an error, not an allocation.
+read, so a corrupt or hostile length is an error, not an allocation; payloads are read in chunks into a
+growing buffer (memory follows the bytes that arrive, not the size claimed), and an acquisition is built
+only once all its bytes are in. A `MemoryBudget` shared by a server's readers accounts the declared bytes
+of client items in flight and refuses an item that would take it over its limit. A reader may also have a
+`deadline` (a time by which whatever is being read must be complete: the handshake) and a minimum
+transfer rate for a message once it has started (`min_rate`, bytes/s after `rate_grace_s`): a client
+sending a byte now and then is refused, not waited for.
 
 The encoders write what ismrmrd.serialization.ProtocolSerializer writes (tests/test_wire.py compares the
 bytes), items through ismrmrd's own to_bytes as it does, but are not built on it: the supported ismrmrd
@@ -15,8 +21,12 @@ and CONFIG_TEXT messages), and it has neither ERROR (8) nor a bounded reader.
 from __future__ import annotations
 
 import ctypes
+import math
+import select
 import socket
 import struct
+import threading
+import time
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -24,6 +34,7 @@ import ismrmrd
 
 CONFIG_NAME_BYTES = 1024  # the fixed payload of message 1 (Gadgetron's read_filename_from_stream)
 MiB = 2**20
+CHUNK_BYTES = 1 * MiB  # payloads are received at most this much at a time
 
 
 class MessageId(IntEnum):
@@ -77,6 +88,39 @@ class WireTimeout(WireError):
     """Nothing arrived within the socket's timeout."""
 
 
+class TooSlow(WireTimeout):
+    """The peer missed a deadline or sent below the minimum rate."""
+
+
+class OverBudget(WireError):
+    """An item would take the server's memory budget over its limit."""
+
+
+class MemoryBudget:
+    """Bytes of client items held in memory, counted across all connections against `limit_bytes`."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit_bytes = int(limit_bytes)
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, n: int, what: str) -> None:
+        with self._lock:
+            if self.used + n > self.limit_bytes:
+                raise OverBudget(f"server memory budget reached: {what} needs {n / MiB:.1f} MiB, "
+                                 f"{self.used / MiB:.1f} of {self.limit_bytes / MiB:.0f} MiB are in use "
+                                 f"(--max-memory); try again later")
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - n)
+
+    @property
+    def full(self) -> bool:
+        return self.used >= self.limit_bytes
+
+
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -85,42 +129,111 @@ _U64 = struct.Struct("<Q")
 class MessageReader:
     """Reads messages from a socket (blocking, with the socket's timeout); `peer` names it in errors."""
 
-    def __init__(self, sock: socket.socket, peer: str, limits: Limits = Limits()):
+    def __init__(self, sock: socket.socket, peer: str, limits: Limits = Limits(),
+                 budget: MemoryBudget | None = None, min_rate: float = 0.0, rate_grace_s: float = 10.0):
         self.sock = sock
         self.peer = peer
         self.limits = limits
+        self.budget = budget
+        self.min_rate = min_rate  # bytes/s within a message, after rate_grace_s (0: no minimum)
+        self.rate_grace_s = rate_grace_s
+        self.deadline: float | None = None  # time.monotonic() by which the current phase must be read
+        self.deadline_what = ""
+        self.held = 0  # budget bytes reserved by this reader's items not yet released
+        self.largest = 0  # the largest payload read so far (bytes)
+        self._message_start: float | None = None
+        self._message_bytes = 0
 
-    def read_exactly(self, n: int, what: str) -> bytes:
-        buffer = bytearray(n)
-        view = memoryview(buffer)
-        got = 0
-        while got < n:
-            try:
-                k = self.sock.recv_into(view[got:], n - got)
-            except TimeoutError as exc:
-                raise WireTimeout(f"{self.peer}: no data for {self.sock.gettimeout():g} s while reading {what}") \
-                    from exc
-            except OSError as exc:
-                raise WireError(f"{self.peer}: connection failed while reading {what}: {exc}") from exc
-            if k == 0:
-                raise WireError(f"{self.peer}: truncated message: connection closed after {got} of {n} bytes "
-                                f"of {what}")
-            got += k
-        return bytes(buffer)
+    # ---- receiving, with the deadline and the rate ---------------------------------------------------
+    def _limit(self) -> tuple[float, str] | None:
+        """The earliest time (monotonic) by which more bytes must arrive, and why; None: only silence."""
+        limits = []
+        if self.deadline is not None:
+            limits.append((self.deadline, "deadline"))
+        if self.min_rate > 0 and self._message_start is not None:
+            limits.append((self._message_start + self.rate_grace_s + self._message_bytes / self.min_rate, "rate"))
+        return min(limits) if limits else None
+
+    def _too_slow(self, why: str, what: str) -> TooSlow:
+        if why == "deadline":
+            return TooSlow(f"{self.peer}: {self.deadline_what} not complete in time (while reading {what})")
+        elapsed = time.monotonic() - (self._message_start or time.monotonic())
+        return TooSlow(f"{self.peer}: too slow: {self._message_bytes} bytes of a message in {elapsed:.1f} s "
+                       f"while reading {what} (minimum {self.min_rate:g} bytes/s after {self.rate_grace_s:g} s)")
+
+    def _recv(self, size: int, what: str) -> bytes:
+        """Up to `size` bytes (b'' at the end), within the socket's silence timeout and any deadline/rate."""
+        limit = self._limit()
+        try:
+            if limit is not None:
+                silence = self.sock.gettimeout()
+                started = time.monotonic()
+                poller = select.poll()
+                poller.register(self.sock, select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR)
+                while True:
+                    now = time.monotonic()
+                    limit = self._limit()
+                    if now >= limit[0]:
+                        raise self._too_slow(limit[1], what)
+                    wait = limit[0] - now
+                    if silence is not None:
+                        if now - started >= silence:
+                            raise TimeoutError
+                        wait = min(wait, silence - (now - started))
+                    if poller.poll(max(1, math.ceil(wait * 1000))):
+                        break
+            data = self.sock.recv(size)
+        except TimeoutError as exc:
+            raise WireTimeout(f"{self.peer}: no data for {self.sock.gettimeout():g} s while reading {what}") \
+                from exc
+        except OSError as exc:
+            raise WireError(f"{self.peer}: connection failed while reading {what}: {exc}") from exc
+        self._message_bytes += len(data)
+        return data
+
+    def read_exactly(self, n: int, what: str) -> bytes | bytearray:
+        """n bytes, received in chunks into a growing buffer (never allocated at the claimed size up
+        front); bytes when small, the bytearray itself when large (no copy)."""
+        buffer = bytearray()
+        while len(buffer) < n:
+            chunk = self._recv(min(n - len(buffer), CHUNK_BYTES), what)
+            if not chunk:
+                raise WireError(f"{self.peer}: truncated message: connection closed after {len(buffer)} of {n} "
+                                f"bytes of {what}")
+            buffer += chunk
+            del chunk
+        self.largest = max(self.largest, n)
+        return bytes(buffer) if n <= CHUNK_BYTES else buffer
 
     def read_id(self) -> int:
-        """The next message id; PeerClosed when the connection ends cleanly before it."""
+        """The next message id; PeerClosed when the connection ends cleanly before it. The message's
+        rate is measured from its first byte."""
+        self._message_start = None
+        self._message_bytes = 0
         try:
-            first = self.sock.recv(2)
-        except TimeoutError as exc:
+            first = self._recv(2, "a message id")
+        except WireTimeout as exc:
+            if isinstance(exc, TooSlow):
+                raise
             raise WireTimeout(f"{self.peer}: no message for {self.sock.gettimeout():g} s") from exc
-        except OSError as exc:
-            raise WireError(f"{self.peer}: connection failed: {exc}") from exc
         if not first:
             raise PeerClosed(f"{self.peer}: connection closed without a CLOSE message")
+        self._message_start = time.monotonic()
         if len(first) == 1:
             first += self.read_exactly(1, "a message id")
         return _U16.unpack(first)[0]
+
+    # ---- the memory budget ---------------------------------------------------------------------------
+    def _reserve(self, n: int, what: str) -> None:
+        if self.budget is not None:
+            self.budget.reserve(n, what)
+            self.held += n
+
+    def release(self) -> None:
+        """Give back what this reader's items hold of the budget (they were handed on or dropped)."""
+        if self.budget is not None and self.held:
+            self.budget.release(self.held)
+        self.held = 0
 
     def _length(self, fmt: struct.Struct, limit: int, what: str) -> int:
         n = fmt.unpack(self.read_exactly(fmt.size, f"the length of {what}"))[0]
@@ -159,10 +272,15 @@ class MessageReader:
     def read_acquisition(self) -> ismrmrd.Acquisition:
         head_bytes = self.read_exactly(ctypes.sizeof(ismrmrd.AcquisitionHeader), "an acquisition header")
         head = ismrmrd.AcquisitionHeader.from_buffer_copy(head_bytes)
-        n = head.number_of_samples * (head.trajectory_dimensions * 4 + head.active_channels * 8)
-        self._check_item(n, f"acquisition {head.scan_counter} ({head.active_channels} channels x "
-                            f"{head.number_of_samples} samples, {head.trajectory_dimensions} trajectory dimensions)")
-        return ismrmrd.Acquisition.deserialize_from(self._prefixed("an acquisition", head_bytes))
+        traj = head.number_of_samples * head.trajectory_dimensions * 4
+        data = head.number_of_samples * head.active_channels * 8
+        what = (f"acquisition {head.scan_counter} ({head.active_channels} channels x {head.number_of_samples} "
+                f"samples, {head.trajectory_dimensions} trajectory dimensions)")
+        self._check_item(traj + data, what)
+        self._reserve(traj + data, what)
+        # every byte in before ismrmrd allocates the acquisition's arrays
+        payload = (self.read_exactly(traj, "an acquisition's trajectory"), self.read_exactly(data, "an acquisition"))
+        return ismrmrd.Acquisition.deserialize_from(self._prefixed("an acquisition", head_bytes, *payload))
 
     def read_image(self) -> ismrmrd.Image:
         head_bytes = self.read_exactly(ctypes.sizeof(ismrmrd.ImageHeader), "an image header")
@@ -177,13 +295,17 @@ class MessageReader:
         self._check_item(n, f"image data ({head.channels} channels x {x} x {y} x {z})")
         meta_bytes = self.read_exactly(8, "the image meta length")
         self._check_item(n + _U64.unpack(meta_bytes)[0], "image data and meta")
+        self._reserve(n + _U64.unpack(meta_bytes)[0], "an image")
         return ismrmrd.Image.deserialize_from(self._prefixed("an image", head_bytes, meta_bytes))
 
     def read_waveform(self) -> ismrmrd.Waveform:
         head_bytes = self.read_exactly(ctypes.sizeof(ismrmrd.WaveformHeader), "a waveform header")
         head = ismrmrd.WaveformHeader.from_buffer_copy(head_bytes)
-        self._check_item(head.number_of_samples * head.channels * 4, "waveform")
-        return ismrmrd.Waveform.deserialize_from(self._prefixed("a waveform", head_bytes))
+        n = head.number_of_samples * head.channels * 4
+        self._check_item(n, "waveform")
+        self._reserve(n, "a waveform")
+        data = self.read_exactly(n, "a waveform")
+        return ismrmrd.Waveform.deserialize_from(self._prefixed("a waveform", head_bytes, data))
 
     def read_item(self, mid: int):
         """The payload of an item message (acquisition, image, waveform) whose id was read."""
@@ -194,8 +316,10 @@ class MessageReader:
         try:
             return readers[mid]()
         except WireError:
+            self.release()
             raise
         except (ValueError, TypeError) as exc:  # ismrmrd rejects inconsistent headers this way
+            self.release()
             raise WireError(f"{self.peer}: malformed {message_name(mid)}: {exc}") from exc
 
 

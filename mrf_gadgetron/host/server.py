@@ -9,13 +9,33 @@ stage warnings, then CLOSE. Any failure is one TEXT message with the reason and 
 RootErrorHandler sends them. Each connection runs its own stage processes in its own thread, so one failed
 scan never touches another; a connection beyond `max_connections` gets a "busy" TEXT and CLOSE. Every
 read has a timeout and every length a limit.
+
+Hostile and careless clients (ServerSettings, `mrf serve` options):
+- memory: items are read as their bytes arrive (never allocated at the claimed size), their declared bytes
+  count against one server-wide budget (`max_memory_bytes`, default half of MemTotal) that refuses work
+  beyond it, and each connection's garbage is collected when it ends, so large buffers go back to the OS;
+- XML: a DOCTYPE or ENTITY declaration in a configuration or header is refused before parsing;
+- time: the handshake (configuration and header) must be complete within `handshake_s`, and a message once
+  started must arrive at `min_rate` bytes/s or more (after `rate_grace_s`), besides the silence timeout;
+- code: only allowed stage targets run (`allow`: "module:target", "module:*", or a module prefix; default
+  the project's gadgets), at most `max_nodes` per configuration and `max_stages` stage processes in all;
+  inline configurations (message 2) are accepted, as Gadgetron accepts them, unless `inline_configs` is off
+  (they can run only allowed targets either way);
+- a client that leaves while its stages work stops them (its socket is watched once its CLOSE arrived);
+- texts sent to clients never show server paths (directories are cut from any absolute path).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
+import select
+import site
 import socket
 import socketserver
+import sys
+import sysconfig
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,12 +44,15 @@ from pathlib import Path
 import ismrmrd
 
 from mrf_gadgetron.host.chain import ChainError, ChainOptions, InputError, run_chain
+from mrf_gadgetron.host.external import REPO_ROOT
 from mrf_gadgetron.host.messages import (
     Limits,
+    MemoryBudget,
     MessageId,
     MessageReader,
     PeerClosed,
     WireError,
+    WireTimeout,
     encode_id,
     encode_item,
     encode_string,
@@ -42,32 +65,136 @@ from mrf_gadgetron.host.stream_config import (
     default_config_dir,
     load_stream_config,
     parse_stream_config,
+    refuse_doctype,
     resolve_config_name,
 )
 
 log = logging.getLogger(__name__)
 
 
+DEFAULT_ALLOW = ("gadgets.reconstruct:reconstruct", "gadgets.map_network:map_network",
+                 "gadgets.map_dictionary:map_dictionary", "gadgets.emit:emit", "gadgets.qa:qa")
+
+
+def default_max_memory() -> int:
+    """Half of the machine's memory (MemTotal in /proc/meminfo), else 4 GiB."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
+    return 4 * 2**30
+
+
+def server_folders(settings: ServerSettings | None = None) -> list[str]:
+    """The server's own folders, longest first: the checkout, the interpreter's prefixes and its
+    site-packages, the home and working folders, the configuration folder."""
+    folders = {str(REPO_ROOT), sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.expanduser("~"), os.getcwd(),
+               *site.getsitepackages(), *sysconfig.get_paths().values()}
+    if settings is not None:
+        folders |= {str(settings.config_dir), str(Path(settings.config_dir).resolve())}
+    return sorted((f.rstrip("/") for f in folders if f and f.rstrip("/")), key=len, reverse=True)
+
+
+def public_text(text: str, folders: list[str] | None = None) -> str:
+    """A text fit for a client: the server's folders (server_folders) cut from every path in it, so that
+    "/srv/mrf/config_xml/x.xml" reads "x.xml". Paths the client itself sent (a model file it named)
+    and the like are left as they are."""
+    for folder in server_folders() if folders is None else folders:
+        text = text.replace(folder + "/", "").replace(folder, "<server folder>")
+    return text
+
+
+def is_allowed(module: str, target: str, allow: tuple[str, ...]) -> bool:
+    """Whether module:target may run: an entry "module:target" allows that target, "module:*" every
+    target of the module, and an entry without ":" every module under that prefix ("gadgets" allows
+    gadgets and gadgets.*)."""
+    for entry in allow:
+        if ":" in entry:
+            mod, tgt = entry.split(":", 1)
+            if mod == module and tgt in ("*", target):
+                return True
+        elif module == entry.rstrip(".") or module.startswith(entry.rstrip(".") + "."):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """config_dir: where configuration names resolve; client_timeout_s: longest silence from a client;
-    drain_s: how long to keep reading (and discarding) a client's data after its scan failed."""
+    drain_s: how long to keep reading (and discarding) a client's data after its scan failed;
+    handshake_s: time from connecting to a complete header; min_rate: bytes/s a started message must
+    arrive at after rate_grace_s (0: no minimum); max_memory_bytes: client items in memory, all
+    connections together; allow: stage targets that may run (see is_allowed); max_nodes: stages per
+    configuration; max_stages: stage processes in all connections together (None: max_connections x
+    max_nodes); inline_configs: whether
+    message 2 (a configuration sent by the client) is accepted."""
 
     config_dir: Path = field(default_factory=default_config_dir)
     max_connections: int = 2
     client_timeout_s: float = 120.0
     drain_s: float = 30.0
+    handshake_s: float = 30.0
+    min_rate: float = 16 * 1024
+    rate_grace_s: float = 10.0
+    max_memory_bytes: int = field(default_factory=default_max_memory)
+    allow: tuple[str, ...] = DEFAULT_ALLOW
+    max_nodes: int = 8
+    max_stages: int | None = None
+    inline_configs: bool = True
     limits: Limits = Limits()
     chain: ChainOptions = ChainOptions()
+
+
+class ServerState:
+    """What connections share: the memory budget and the count of stage processes running."""
+
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.budget = MemoryBudget(settings.max_memory_bytes)
+        self.stages = 0
+        self._lock = threading.Lock()
+
+    @property
+    def max_stages(self) -> int:
+        s = self.settings
+        return s.max_stages if s.max_stages is not None else s.max_connections * s.max_nodes
+
+    def take_stages(self, n: int) -> bool:
+        with self._lock:
+            if self.stages + n > self.max_stages:
+                return False
+            self.stages += n
+            return True
+
+    def give_stages(self, n: int) -> None:
+        with self._lock:
+            self.stages -= n
+
+
+def check_allowed(config: StreamConfig, settings: ServerSettings) -> None:
+    """StreamConfigError unless every node may run here and there are not too many."""
+    if len(config.nodes) > settings.max_nodes:
+        raise StreamConfigError(f"{config.source}: {len(config.nodes)} stream nodes; this server runs at most "
+                                f"{settings.max_nodes} per configuration (mrf serve --max-nodes)")
+    for node in config.nodes:
+        if not is_allowed(node.module, node.target, settings.allow):
+            raise StreamConfigError(
+                f"{config.source}: stage {node.module}:{node.target} is not allowed on this server (allowed: "
+                f"{', '.join(settings.allow) or 'none'}); a site allows its own with "
+                f"`mrf serve --allow {node.module}:{node.target}` (ServerSettings.allow)")
 
 
 class ClientChannel:
     """The client's socket: messages in (bounded), and serialized sends from several threads."""
 
-    def __init__(self, sock: socket.socket, peer: str, settings: ServerSettings):
+    def __init__(self, sock: socket.socket, peer: str, settings: ServerSettings, budget: MemoryBudget | None = None):
         self.sock = sock
         self.peer = peer
-        self.reader = MessageReader(sock, peer, settings.limits)
+        self.reader = MessageReader(sock, peer, settings.limits, budget, settings.min_rate, settings.rate_grace_s)
+        self.folders = server_folders(settings)
         self._lock = threading.Lock()
         self.closed = False  # the client's CLOSE arrived
         self.broken = False  # framing lost: nothing more can be read
@@ -77,7 +204,7 @@ class ClientChannel:
             send(self.sock, data, self.peer)
 
     def send_text(self, text: str) -> None:
-        self.send(encode_string(MessageId.TEXT, text))
+        self.send(encode_string(MessageId.TEXT, public_text(text, self.folders)))
 
     def send_item(self, item) -> None:
         self.send(encode_item(item))
@@ -101,9 +228,13 @@ class ClientChannel:
         if mid == MessageId.FILENAME:
             name = self.reader.read_config_name()
             log.info("%s: configuration %s", self.peer, name)
-            return load_stream_config(resolve_config_name(name, settings.config_dir))
+            path = resolve_config_name(name, settings.config_dir)
+            return load_stream_config(path, path.name)
         if mid == MessageId.CONFIG:
             text = self.reader.read_string(settings.limits.config_bytes, "configuration text").rstrip("\0")
+            if not settings.inline_configs:
+                raise StreamConfigError("inline configurations (message 2) are not accepted by this server "
+                                        "(mrf serve --no-inline); send a configuration name (message 1)")
             return parse_stream_config(text, "the configuration sent by the client")
         self.broken = True
         raise WireError(f"expected a configuration (message 1 or 2) first, got message {message_name(mid)}")
@@ -122,28 +253,72 @@ class ClientChannel:
             self.broken = True
             raise WireError(f"expected the ISMRMRD header (message 3) after the configuration, got {message_name(mid)}")
         xml = self.reader.read_string(settings.limits.header_bytes, "the ISMRMRD header").rstrip("\0")
+        refused = refuse_doctype(xml, "the ISMRMRD header")
+        if refused:
+            raise WireError(refused)
         try:
             return ismrmrd.xsd.CreateFromDocument(xml)
         except Exception as exc:  # xsdata raises several kinds for malformed XML
             raise WireError(f"the ISMRMRD header does not parse: {str(exc).splitlines()[0][:300]}") from exc
 
-    def items(self, accepted: set[int]):
-        """The client's items until its CLOSE; bad messages raise InputError."""
-        while True:
-            try:
-                mid = self.skip_texts()
-                if mid == MessageId.CLOSE:
-                    self.closed = True
-                    return
-                if mid not in accepted:
+    def items(self, accepted: set[int], on_close: threading.Event | None = None):
+        """The client's items until its CLOSE (then `on_close` is set); bad messages raise InputError. Each
+        item holds its part of the memory budget until the chain has taken it."""
+        try:
+            while True:
+                try:
+                    mid = self.skip_texts()
+                    if mid == MessageId.CLOSE:
+                        self.closed = True
+                        if on_close is not None:
+                            on_close.set()
+                        return
+                    if mid not in accepted:
+                        self.broken = True
+                        raise WireError(f"unexpected message id {message_name(mid)}: the configuration's readers "
+                                        f"accept {', '.join(message_name(m) for m in sorted(accepted))}")
+                    item = self.reader.read_item(mid)
+                except WireError as exc:
                     self.broken = True
-                    raise WireError(f"unexpected message id {message_name(mid)}: the configuration's readers accept "
-                                    f"{', '.join(message_name(m) for m in sorted(accepted))}")
-                item = self.reader.read_item(mid)
-            except WireError as exc:
-                self.broken = True
-                raise InputError(str(exc)) from exc
-            yield item
+                    raise InputError(str(exc)) from None
+                yield item
+                del item
+                self.reader.release()
+        finally:
+            self.reader.release()
+
+    def watch_departure(self, armed: threading.Event, done: threading.Event, gone: threading.Event) -> None:
+        """Once `armed` (the client's CLOSE arrived) and until `done`: set `gone` when the client has left.
+        An end of stream may be a half-close by a client still reading: one TEXT probes it, and the reset
+        that a closed socket answers with shows as an error on ours."""
+        while not armed.wait(0.2):
+            if done.is_set():
+                return
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+        probed = False
+        while not done.is_set():
+            events = poller.poll(200)
+            if not events:
+                continue
+            if events[0][1] & (select.POLLHUP | select.POLLERR):
+                gone.set()
+                return
+            try:
+                data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                gone.set()
+                return
+            if not data and not probed:
+                probed = True
+                try:
+                    self.send_text("[server] INFO: input complete; reconstructing")
+                except (WireError, OSError):
+                    gone.set()
+                    return
+            time.sleep(0.1)
 
     def drain(self, seconds: float) -> None:
         """Read and discard the rest of a client's messages (until CLOSE) for at most `seconds`, so that a
@@ -164,38 +339,68 @@ class ClientChannel:
                     self.reader.read_config_name()
                 else:
                     self.reader.read_item(mid)
+                    self.reader.release()
         except (WireError, OSError):
             self.broken = True
 
 
-def handle_connection(sock: socket.socket, peer: str, settings: ServerSettings) -> str:
-    """Serve one client connection to its end; returns a one-line outcome for the log."""
+def handle_connection(sock: socket.socket, peer: str, settings: ServerSettings,
+                      state: ServerState | None = None, stats: dict | None = None) -> str:
+    """Serve one client connection to its end; returns a one-line outcome for the log. `stats` gets
+    "largest": the largest payload read (bytes)."""
+    state = state or ServerState(settings)
     sock.settimeout(settings.client_timeout_s)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    client = ClientChannel(sock, peer, settings)
+    client = ClientChannel(sock, peer, settings, state.budget)
     started = time.perf_counter()
+    stages = 0
+    armed, done, gone = threading.Event(), threading.Event(), threading.Event()
     try:
+        client.reader.deadline = time.monotonic() + settings.handshake_s
+        client.reader.deadline_what = f"the handshake (configuration and header, {settings.handshake_s:g} s)"
         config = client.read_config(settings)
         if config is None:
             client.send_close()
             return "closed before sending a configuration"
+        check_allowed(config, settings)
         header = client.read_header(settings)
+        client.reader.deadline = None
+        if not state.take_stages(len(config.nodes)):
+            raise ChainError(f"server busy: {state.stages} stage processes running, at most {state.max_stages} "
+                             f"(mrf serve --max-stages); try again later")
+        stages = len(config.nodes)
 
         def warn(stage: str, level: str, message: str) -> None:
             try:
                 client.send_text(f"[{stage}] {level}: {message}")
             except WireError:
-                pass  # the client went away; the chain notices when it sends the next image
+                pass  # the client went away; the departure watch or the next image notices
 
-        report = run_chain(config, header, client.items(config.input_ids), client.send_item, warn, settings.chain)
+        watcher = threading.Thread(target=client.watch_departure, args=(armed, done, gone), daemon=True,
+                                   name=f"watch {peer}")
+        watcher.start()
+        report = run_chain(config, header, client.items(config.input_ids, armed), client.send_item, warn,
+                           settings.chain, stop=gone)
         client.send_close()
         return f"{config.source}: {report.delivered} images in {time.perf_counter() - started:.1f} s"
     except (PeerClosed, WireError, StreamConfigError, ChainError, OSError) as exc:
         reason = str(exc)
+        if isinstance(exc, WireTimeout):
+            client.broken = True  # too slow or silent mid-message: no draining (the slot is freed now)
     except Exception as exc:  # a bug here must not take the server down
         log.exception("%s: unexpected failure", peer)
         reason = f"internal error: {exc!r}"
+    finally:
+        done.set()
+        client.reader.release()
+        if stats is not None:
+            stats["largest"] = client.reader.largest
+        if stages:
+            state.give_stages(stages)
+    if gone.is_set():
+        return f"the client left: {reason}"
     try:
+        client.reader.deadline = None
         client.send_text(f"ERROR: {reason}")
         client.send_close()
         if not (client.closed or client.broken):
@@ -205,23 +410,50 @@ def handle_connection(sock: socket.socket, peer: str, settings: ServerSettings) 
     return f"failed: {reason}"
 
 
+def _linger(sock: socket.socket, seconds: float = 1.0, max_bytes: int = 16 * 2**20) -> None:
+    """Close gently: end our side, then read and discard what the client still sends (briefly, boundedly)
+    so that closing with unread data does not reset the connection before the client read our answer."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline, got = time.monotonic() + seconds, 0
+        while got < max_bytes and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            got += len(chunk)
+    except OSError:
+        pass
+
+
 class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         server: MrfServer = self.server  # type: ignore[assignment]
         peer = f"client {self.client_address[0]}:{self.client_address[1]}"
-        if not server.slots.acquire(blocking=False):
-            log.warning("%s: refused, %d connections already running", peer, server.settings.max_connections)
+        busy = None
+        if server.state.budget.full:
+            busy = "ERROR: server busy (its memory budget is in use, mrf serve --max-memory); try again later"
+        elif not server.slots.acquire(blocking=False):
+            busy = f"ERROR: server busy ({server.settings.max_connections} scans running); try again later"
+        if busy is not None:
+            log.warning("%s: refused: %s", peer, busy)
             try:
-                busy = f"ERROR: server busy ({server.settings.max_connections} scans running); try again later"
                 self.request.sendall(encode_string(MessageId.TEXT, busy) + encode_id(MessageId.CLOSE))
             except OSError:
                 pass
             return
+        stats = {"largest": 0}
         try:
             log.info("%s: connected", peer)
-            log.info("%s: %s", peer, handle_connection(self.request, peer, server.settings))
+            log.info("%s: %s", peer, handle_connection(self.request, peer, server.settings, server.state, stats))
         finally:
+            _linger(self.request)
             server.slots.release()
+            # A failed connection's buffers may sit in reference cycles (exceptions and their tracebacks)
+            # that the collector, rarely triggered in a server, would keep for long: free them now.
+            # A full collection holds the GIL for tens of ms in a process with torch loaded, so only
+            # after connections that read large payloads (the thresholds keep the rest young).
+            gc.collect(2 if stats["largest"] > 16 * 2**20 else 1)
 
 
 class MrfServer(socketserver.ThreadingTCPServer):
@@ -233,6 +465,7 @@ class MrfServer(socketserver.ThreadingTCPServer):
     def __init__(self, address: tuple[str, int], settings: ServerSettings | None = None):
         self.settings = settings or ServerSettings()
         self.slots = threading.BoundedSemaphore(self.settings.max_connections)
+        self.state = ServerState(self.settings)
         super().__init__(address, _Handler)
 
     @property

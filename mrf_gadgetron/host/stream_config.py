@@ -9,7 +9,13 @@ Gadgetron 4 serializes it (Config.cpp, serialize_config: the element saved whole
 declaration; only the declaration when the node has none).
 
 Configuration names sent by clients (message 1) resolve only inside the configuration folder: a name
-with a path separator or `..`, or that is not a plain `*.xml` file there (`.xml` may be omitted), is refused.
+with a path separator or `..`, or that is not a plain `*.xml` file there (`.xml` may be omitted), is refused;
+the refusal names the file and what is available, never the folder.
+
+XML from clients (configurations, ISMRMRD headers) is checked by `refuse_doctype` before any parser sees
+it: a document type declaration (`<!DOCTYPE`, and with it `<!ENTITY`) is refused outright, so no entity
+is ever expanded (no "billion laughs", no external entities). Neither a Gadgetron configuration nor an
+ISMRMRD header has any use for one, so nothing valid is lost and no dependency (defusedxml) is needed.
 """
 
 from __future__ import annotations
@@ -38,6 +44,20 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 class StreamConfigError(MrfError):
     """A configuration we cannot parse or run; the message says what and where."""
+
+
+_DOCTYPE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+
+def refuse_doctype(text: str | bytes, what: str) -> str | None:
+    """Why `text` (XML) is refused before parsing, or None: a DOCTYPE or ENTITY declaration (entity
+    expansion, internal or external, is never wanted in a configuration or an ISMRMRD header)."""
+    data = text.encode("utf-8", "replace") if isinstance(text, str) else text
+    match = _DOCTYPE.search(data)
+    if match is None:
+        return None
+    return (f"{what} refused: it has a {match[1].decode().upper()} declaration at byte {match.start()}; "
+            f"document types and entities are not accepted (a configuration or ISMRMRD header needs none)")
 
 
 @dataclass(frozen=True)
@@ -109,7 +129,11 @@ def _external(node: ET.Element, index: int, source: str) -> ExternalNode:
 
 
 def parse_stream_config(text: str | bytes, source: str = "inline") -> StreamConfig:
-    """Parse a version-2 configuration; StreamConfigError names what cannot run."""
+    """Parse a version-2 configuration; StreamConfigError names what cannot run. A DOCTYPE or ENTITY
+    declaration is refused before parsing (refuse_doctype)."""
+    refused = refuse_doctype(text, source)
+    if refused:
+        raise StreamConfigError(refused)
     try:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
@@ -139,13 +163,16 @@ def parse_stream_config(text: str | bytes, source: str = "inline") -> StreamConf
     return StreamConfig(source, readers, writers, tuple(nodes))
 
 
-def load_stream_config(path: str | Path) -> StreamConfig:
+def load_stream_config(path: str | Path, source: str | None = None) -> StreamConfig:
+    """The configuration in a file; `source` names it in errors (default: the path; the server passes the
+    file name only, so that clients never read its folder)."""
     path = Path(path)
+    source = str(path) if source is None else source
     try:
         text = path.read_bytes()
     except OSError as exc:
-        raise StreamConfigError(f"cannot read configuration {path}: {exc.strerror or exc}") from exc
-    return parse_stream_config(text, str(path))
+        raise StreamConfigError(f"cannot read configuration {source}: {exc.strerror or exc}") from exc
+    return parse_stream_config(text, source)
 
 
 def default_config_dir() -> Path:
@@ -169,7 +196,7 @@ def resolve_config_name(name: str, folder: str | Path | None = None) -> Path:
     path = folder / (name if name.endswith(".xml") else f"{name}.xml")
     if not path.is_file() or path.resolve().parent != folder.resolve():
         available = sorted(p.name for p in folder.glob("*.xml")) if folder.is_dir() else []
-        raise StreamConfigError(f"no configuration {name!r} in {folder} (available: {', '.join(available) or 'none'})")
+        raise StreamConfigError(f"no configuration {name!r} (available: {', '.join(available) or 'none'})")
     return path
 
 
