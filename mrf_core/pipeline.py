@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ismrmrd
 import numpy as np
@@ -32,11 +33,13 @@ from mrf_core.errors import MrfError
 from mrf_core.io.map_images import ImageGeometry, coefficient_image, map_images
 from mrf_core.io.rawio import IndexMap, ScanInfo, validate_header
 from mrf_core.mapping.maps import QuantitativeMaps, object_mask
-from mrf_core.physics.dictionary import GRIDS, Dictionary, cached_dictionary, percent_grid
 from mrf_core.physics.sequence import FispSchedule, ScheduleError, load_schedule
 from mrf_core.physics.temporal_basis import TemporalBasis
 from mrf_core.recon.gather import GatherError, SliceData, SliceGatherer
-from mrf_core.recon.reconstruct import ReconResult, ReconSettings, reconstruct_slice
+
+if TYPE_CHECKING:
+    from mrf_core.physics.dictionary import Dictionary
+    from mrf_core.recon.reconstruct import ReconResult, ReconSettings
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,8 @@ def _fov_z_mm(header) -> float:
 def dictionary_for(schedule: FispSchedule, settings, progress: bool = False) -> Dictionary:
     """The dictionary of the settings for `schedule`: `dictionary_file` (checked against the schedule), or
     the grid built for it (or read from `dictionary_cache_dir`)."""
+    from mrf_core.physics.dictionary import GRIDS, Dictionary, cached_dictionary, percent_grid
+
     if settings.dictionary_file is not None:
         start = time.perf_counter()
         dictionary = Dictionary.load(settings.dictionary_file, schedule=schedule, fingerprints=False)
@@ -166,6 +171,8 @@ def recon_basis(settings, schedule: FispSchedule) -> tuple[TemporalBasis, str]:
 
 def recon_settings(settings, basis_source: str) -> ReconSettings:
     """ReconSettings from the table's settings; `rank` applies to a dictionary basis only."""
+    from mrf_core.recon.reconstruct import ReconSettings
+
     rank = settings.rank if basis_source == "dictionary" and settings.rank > 0 else None
     defaults = ReconSettings()
     return ReconSettings(
@@ -215,6 +222,8 @@ class Reconstruction:
         return self.info.schedule
 
     def slices(self, acquisitions: Iterable) -> Iterator[SliceCoefficients]:
+        from mrf_core.recon.reconstruct import reconstruct_slice
+
         for data in gathered(acquisitions, self.info, self.settings):
             result = reconstruct_slice(data, self.basis, self.options, progress=self.progress)
             coefficients = result.coefficients

@@ -7,7 +7,16 @@ Public API (what the gadgets call):
     result = model.map_coefficients(c, basis) # or model.map_signals(time_courses): a MatchResult
 """
 
-from mrf_core.mapping.archive import ModelError, ModelMismatchError
-from mrf_core.mapping.model import MrfModel, default_model_path, load_model
+import importlib
 
-__all__ = ["ModelError", "ModelMismatchError", "MrfModel", "default_model_path", "load_model"]
+# Loaded on first use: the package's light modules (maps, matching's data types) are imported by image and
+# gadget code that must not pay for torch and TorchScript.
+_PUBLIC = {"ModelError": "archive", "ModelMismatchError": "archive", "MrfModel": "model",
+           "default_model_path": "model", "load_model": "model"}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f"mrf_core.mapping.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module 'mrf_core.mapping' has no attribute {name!r}")

@@ -12,10 +12,10 @@ normalised fingerprints), so a 100k-atom dictionary needs no copy of itself.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from mrf_core.errors import MrfError
 
@@ -65,7 +65,8 @@ class TemporalBasis:
     def project(self, signals):
         """Time courses (..., n_timepoints) -> complex coefficients (..., rank). numpy or torch in, same out."""
         self._check_time_axis(signals.shape[-1], "signal")
-        if torch.is_tensor(signals):
+        torch = sys.modules.get("torch")  # a tensor means torch is loaded; numpy callers need not load it
+        if torch is not None and torch.is_tensor(signals):
             u = torch.as_tensor(self.vectors, device=signals.device).to(signals.real.dtype)
             phase = complex(np.conj(self.signal_phase))
             return (signals.to(torch.complex64) @ u.to(torch.complex64)) * phase

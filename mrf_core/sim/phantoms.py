@@ -42,7 +42,6 @@ import numpy as np
 from scipy import ndimage
 
 from mrf_core.errors import MrfError
-from mrf_core.physics.epg import MAX_B1
 
 B1_STEP = 0.005
 NIST_ARRAYS = ("NiCl2", "MnCl2")
@@ -127,6 +126,8 @@ class Phantom:
                 raise PhantomError(f"{name} has shape {getattr(self, name).shape} but pd has {shape}")
         if not (math.isfinite(self.fov_mm) and self.fov_mm > 0):
             raise PhantomError(f"fov_mm = {self.fov_mm} must be > 0")
+        from mrf_core.physics.epg import MAX_B1  # here, not at import: reading a raw file needs no torch
+
         inside = self.mask
         empty = np.flatnonzero(~inside.any(axis=(1, 2)))
         if empty.size:
