@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import select
 import socket
 import struct
 import sys
@@ -164,29 +165,34 @@ def test_stage_processes_in_all_are_limited(serve):
 
 
 # ---- 3: deadlines and rates ---------------------------------------------------------------------------------
-def dribble(port: int, data: bytes, every_s: float, timeout_s: float = 10):
-    """Send `data` a byte at a time every `every_s` until the server answers; the texts it sends and when."""
+def dribble_on(sock, data: bytes, every_s: float, timeout_s: float = 10) -> str:
+    """Send `data` a byte every `every_s` on `sock` until the server answers; then all it sends, as text."""
+    for i in range(len(data)):
+        try:
+            sock.sendall(data[i:i + 1])
+        except OSError:
+            break
+        if select.select([sock], [], [], every_s)[0]:
+            break
+    sock.settimeout(timeout_s)
+    answer = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        answer += chunk
+    return answer.decode("utf-8", "replace")
+
+
+def dribble(port: int, data: bytes, every_s: float, timeout_s: float = 10) -> tuple[str, float]:
+    """dribble_on a new connection: the answer and the seconds it took."""
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
-        for i in range(len(data)):
-            try:
-                sock.sendall(data[i:i + 1])
-            except OSError:
-                break
-            ready, _, _ = __import__("select").select([sock], [], [], every_s)
-            if ready:
-                break
-        sock.settimeout(timeout_s)
-        answer = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            answer += chunk
-    return answer.decode("utf-8", "replace"), time.monotonic() - started
+        answer = dribble_on(sock, data, every_s, timeout_s)
+    return answer, time.monotonic() - started
 
 
 def test_a_slow_handshake_is_refused_at_its_deadline(serve):
@@ -201,30 +207,9 @@ def test_a_slow_acquisition_is_refused_for_its_rate(serve):
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
         sock.sendall(encode_config_name("echo.xml") + encode_header(header()))
         started = time.monotonic()
-        answer, _ = dribble_on(sock, encode_item(acquisitions(1)[0]), 0.2)
+        answer = dribble_on(sock, encode_item(acquisitions(1)[0]), 0.2)
     assert "too slow" in answer and "minimum 1000 bytes/s after 1 s" in answer, answer
     assert time.monotonic() - started < 5
-
-
-def dribble_on(sock, data: bytes, every_s: float):
-    import select
-    for i in range(len(data)):
-        try:
-            sock.sendall(data[i:i + 1])
-        except OSError:
-            break
-        if select.select([sock], [], [], every_s)[0]:
-            break
-    answer = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        answer += chunk
-    return answer.decode("utf-8", "replace"), None
 
 
 # ---- 5: a client that leaves --------------------------------------------------------------------------------
