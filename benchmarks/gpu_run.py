@@ -71,6 +71,7 @@ from seed_tables import PAPER_A, PAPER_B, errors, fold_figures, noisy, oksuz_set
 
 from mrf_core.mapping import default_model_path, load_model
 from mrf_core.mapping.archive import write_archive
+from mrf_core.mapping.maps import map_nrmse
 from mrf_core.mapping.matching import match
 from mrf_core.mapping.training import TrainConfig, simulate_set, train_model
 from mrf_core.physics.dictionary import build_dictionary, oksuz_grid, percent_grid
@@ -512,6 +513,7 @@ def recon(run: Run, size: dict) -> None:
     model_path = default_model_path()
     basis = load_model(model_path).basis
     mask = phantom.mask[0]
+    every_voxel = np.ones(int(mask.sum()), bool)  # the maps hold the masked voxels only
     threads = min(os.cpu_count() or 2, 16)
     backend = "cufinufft" if device != "cpu" and backend_available("cufinufft", device) else "sigpy"
     runs = {"cpu": ReconSettings(method="llr", device="cpu", nufft_backend="finufft", n_threads=threads,
@@ -534,8 +536,8 @@ def recon(run: Run, size: dict) -> None:
             maps, map_s = clock(settings.device, _map_slice, model, result.coefficients, basis, mask)
             entry.update(stage_s={k: round(v, 3) for k, v in result.timings_s.items()}, reconstruct_s=seconds,
                          map_s=map_s, total_s=seconds + map_s, notes=result.notes,
-                         t1_nrmse=_nrmse(maps.t1_ms, phantom.t1_ms[0][mask]),
-                         t2_nrmse=_nrmse(maps.t2_ms, phantom.t2_ms[0][mask]))
+                         t1_nrmse=map_nrmse(maps.t1_ms, phantom.t1_ms[0][mask], every_voxel),
+                         t2_nrmse=map_nrmse(maps.t2_ms, phantom.t2_ms[0][mask], every_voxel))
             out[key] = (result.coefficients, maps)
             run.say(f"  recon {key} ({settings.device}, {settings.nufft_backend}): {seconds:.2f} s + map {map_s:.2f}"
                     f" s; T1/T2 NRMSE {entry['t1_nrmse']:.4f}/{entry['t2_nrmse']:.4f}")
@@ -568,11 +570,6 @@ def recon(run: Run, size: dict) -> None:
         record["agreement"] = agreement
         run.say(f"  recon agreement: maps {agreement['maps_agree']}, coefficients "
                 f"{agreement['coefficient_relative_difference']:.2e}")
-
-
-def _nrmse(estimate: np.ndarray, truth: np.ndarray) -> float:
-    e = np.where(np.isfinite(estimate), estimate, 0.0)
-    return float(np.linalg.norm(e - truth) / np.linalg.norm(truth))
 
 
 # ---- main ---------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ basis images) and the effective schedule.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator
 
 from gadgets.properties import read_properties
@@ -34,7 +33,7 @@ from gadgets.stage_images import (
 from mrf_core.io.map_images import COEFFICIENT_ROLE, image_meta
 from mrf_core.physics.sequence import FispSchedule, ScheduleError
 from mrf_core.physics.temporal_basis import TemporalBasis
-from mrf_core.pipeline import one_line, set_threads
+from mrf_core.pipeline import fallback_warning, map_slice, one_line, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +79,18 @@ def is_mapped(image) -> bool:
 
 def _map_one(image, context: ScanContext, mapper, fallback: bool) -> Iterator:
     slice_index = int(image.getHead().slice)
-    started = time.perf_counter()
     try:
         coefficients, basis_hash = read_coefficients(image)
         schedule = context.schedule
-        maps = mapper(coefficients, context.basis(basis_hash), schedule, slice_index)
+        maps = map_slice(mapper, coefficients, context.basis(basis_hash), schedule, slice_index)
     except Exception as exc:
         if not fallback:
             raise
-        log.debug("%s mapping failed", mapper.name, exc_info=True)
-        reason = one_line(exc)
+        warning = fallback_warning(mapper, exc)
         log.warning("slice %d not mapped by the %s: %s; passed on for the fallback", slice_index, mapper.name,
-                    reason)
-        yield add_warning(image, f"{mapper.name} mapping not used: {reason}")
+                    one_line(exc))
+        yield add_warning(image, warning)
         return
-    log.info("slice %d: %s mapping %.2f s, %d voxels", slice_index, mapper.name, time.perf_counter() - started,
-             int(maps.mask.sum()))
     yield maps_bundle(maps, geometry_of(image), warnings=warnings_of(image))
     yield set_meta(image, {MAPPER_KEY: mapper.name})
 

@@ -330,6 +330,23 @@ class SliceOutput:
     warnings: list[str] = field(default_factory=list)
 
 
+def map_slice(mapper, coefficients: np.ndarray, basis: TemporalBasis, schedule: FispSchedule,
+              slice_index: int) -> QuantitativeMaps:
+    """One mapper on one slice, timed in the log (the in-process chain and the mapping gadgets alike)."""
+    started = time.perf_counter()
+    maps = mapper(coefficients, basis, schedule, slice_index)
+    log.info("slice %d: %s mapping %.2f s, %d voxels", slice_index, mapper.name, time.perf_counter() - started,
+             int(maps.mask.sum()))
+    return maps
+
+
+def fallback_warning(mapper, exc: BaseException) -> str:
+    """The warning a slice carries when `mapper` could not map it and a later one takes over (its
+    traceback goes to the debug log)."""
+    log.debug("%s mapping failed", mapper.name, exc_info=exc)
+    return f"{mapper.name} mapping not used: {one_line(exc)}"
+
+
 class Mapping:
     """The mapper chain of the `mapper` setting, in one process: each mapper in turn until one maps the
     slice; a mapper that cannot is logged with its reason and the next one tries. The last mapper's
@@ -341,21 +358,15 @@ class Mapping:
     def __call__(self, slice_: SliceCoefficients, schedule: FispSchedule) -> SliceOutput:
         warnings: list[str] = []
         for position, mapper in enumerate(self.mappers):
-            last = position == len(self.mappers) - 1
-            started = time.perf_counter()
             try:
-                maps = mapper(slice_.coefficients, slice_.basis, schedule, slice_.slice_index)
+                maps = map_slice(mapper, slice_.coefficients, slice_.basis, schedule, slice_.slice_index)
             except Exception as exc:
-                if last:
+                if position == len(self.mappers) - 1:
                     raise
-                log.debug("%s mapping failed", mapper.name, exc_info=True)
-                warning = f"{mapper.name} mapping not used: {one_line(exc)}"
-                log.warning("slice %d: %s; the %s mapper takes over", slice_.slice_index, warning,
+                warnings.append(fallback_warning(mapper, exc))
+                log.warning("slice %d: %s; the %s mapper takes over", slice_.slice_index, warnings[-1],
                             self.mappers[position + 1].name)
-                warnings.append(warning)
                 continue
-            log.info("slice %d: %s mapping %.2f s, %d voxels", slice_.slice_index, mapper.name,
-                     time.perf_counter() - started, int(maps.mask.sum()))
             return SliceOutput(slice_, maps, warnings)
         return SliceOutput(slice_, None, warnings)
 
