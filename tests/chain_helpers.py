@@ -15,6 +15,8 @@ import pytest
 from mrf_gadgetron.host.messages import MessageId, MessageReader, encode_header, encode_id, encode_item
 from mrf_gadgetron.host.stream_config import default_config_dir
 
+TEST_ALLOW = ("wire_test_gadget:images", "wire_test_gadget:passthrough")  # what mrf serve may run in tests
+
 HEADER_XML = """<?xml version="1.0"?>
 <ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">
 <experimentalConditions><H1resonanceFrequency_Hz>128000000</H1resonanceFrequency_Hz></experimentalConditions>
@@ -142,3 +144,26 @@ def default_config_text(**properties: str) -> str:
         text, n = re.subn(rf'(<property name="{name}" value=")[^"]*(")', rf"\g<1>{value}\g<2>", text)
         assert n, f"mrf_default.xml has no property {name}"
     return text
+
+
+def child_pids(parent: int | None = None, command: bytes | None = None) -> set[int]:
+    """Processes whose parent is `parent` (default: this process), and with `command` among their arguments
+    when given (read from /proc): stage processes a test expects to find, or to be gone."""
+    parent = os.getpid() if parent is None else parent
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            if command is not None:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if command not in f.read().split(b"\0"):
+                        continue
+        except (OSError, ValueError, IndexError):
+            continue
+        found.add(int(entry))
+    return found

@@ -1,20 +1,24 @@
 """Shared fixtures: the small simulated scan (sim_small_scan), the throwaway wire-test gadget on the stage
-processes' path (test_gadget), and a private cache for the gadget processes of a session (gadget_cache)."""
+processes' path (test_gadget), a private cache for the gadget processes of a session (gadget_cache), and
+MrfServers running it (serve)."""
 
 from __future__ import annotations
 
 import os
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
-from chain_helpers import TEST_GADGET
+from chain_helpers import TEST_ALLOW, TEST_GADGET, config_xml
 
 from mrf_core.io.rawio import write_raw
 from mrf_core.physics.sequence import default_schedule
 from mrf_core.recon.trajectory import SpiralParams
 from mrf_core.sim.phantoms import brain_phantom
 from mrf_core.sim.simulate import ScanSettings, SimulatedScan
+from mrf_gadgetron.host.chain import ChainOptions
+from mrf_gadgetron.host.server import MrfServer, ServerSettings
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -63,3 +67,27 @@ def test_gadget(tmp_path, monkeypatch):
     (tmp_path / "wire_test_gadget.py").write_text(textwrap.dedent(TEST_GADGET))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
     return tmp_path
+
+
+@pytest.fixture()
+def serve(test_gadget, tmp_path):
+    """serve(**settings) -> a running MrfServer on 127.0.0.1 (configurations echo.xml and hang.xml)."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "echo.xml").write_text(config_xml(("images", {"scale": "2"})))
+    (folder / "hang.xml").write_text(config_xml(("images", {"mode": "hang"})))
+    servers = []
+
+    def start(**overrides) -> MrfServer:
+        values = dict(config_dir=folder, max_connections=2, client_timeout_s=5, drain_s=2, allow=TEST_ALLOW,
+                      chain=ChainOptions(connect_s=30, io_s=30, exit_s=10))
+        values.update(overrides)
+        srv = MrfServer(("127.0.0.1", 0), ServerSettings(**values))
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()

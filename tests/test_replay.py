@@ -13,7 +13,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from chain_helpers import config_xml
+from chain_helpers import child_pids, config_xml
 
 from mrf_gadgetron.cli import main
 
@@ -68,9 +68,9 @@ def test_interrupted_replay_leaves_no_stage_process(sim_small_scan, test_gadget,
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
-    while not stage_pids(proc.pid) and time.monotonic() < deadline:
+    while not child_pids(proc.pid, b"mrf_gadgetron.host.stage_main") and time.monotonic() < deadline:
         time.sleep(0.1)
-    stages = stage_pids(proc.pid)
+    stages = child_pids(proc.pid, b"mrf_gadgetron.host.stage_main")
     assert len(stages) == 1
     time.sleep(0.5)
     proc.send_signal(sig)
@@ -80,19 +80,3 @@ def test_interrupted_replay_leaves_no_stage_process(sim_small_scan, test_gadget,
     while any(os.path.exists(f"/proc/{pid}") for pid in stages) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(os.path.exists(f"/proc/{pid}") for pid in stages)
-
-
-def stage_pids(parent: int) -> list[int]:
-    """The stage children of a process (`python -m mrf_gadgetron.host.stage_main`, which runs gadgetron)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().split(b"\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == parent and b"mrf_gadgetron.host.stage_main" in cmdline:
-            pids.append(int(entry))
-    return pids

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from chain_helpers import acquisitions, config_xml, exchange, header, scan
 
-from mrf_gadgetron.host.chain import ChainOptions
 from mrf_gadgetron.host.messages import (
     Limits,
     MessageId,
@@ -25,24 +24,11 @@ from mrf_gadgetron.host.messages import (
     encode_item,
     encode_string,
 )
-from mrf_gadgetron.host.server import MrfServer, ServerSettings
 
 
 @pytest.fixture()
-def server(test_gadget, tmp_path):
-    folder = tmp_path / "configs"
-    folder.mkdir()
-    (folder / "echo.xml").write_text(config_xml(("images", {"scale": "2"})))
-    (folder / "hang.xml").write_text(config_xml(("images", {"mode": "hang"})))
-    settings = ServerSettings(config_dir=folder, max_connections=2, client_timeout_s=5, drain_s=5,
-                              allow=("wire_test_gadget:images", "wire_test_gadget:passthrough"),
-                              limits=Limits(header_bytes=10**5), chain=ChainOptions(connect_s=30, io_s=30, exit_s=10))
-    srv = MrfServer(("127.0.0.1", 0), settings)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+def server(serve):
+    return serve(drain_s=5, limits=Limits(header_bytes=10**5))
 
 
 def test_configuration_by_name_returns_images_and_warnings(server):

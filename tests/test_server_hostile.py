@@ -11,12 +11,11 @@ import select
 import socket
 import struct
 import sys
-import threading
 import time
 
 import ismrmrd
 import pytest
-from chain_helpers import acquisitions, config_xml, exchange, header, scan
+from chain_helpers import acquisitions, child_pids, config_xml, exchange, header, scan
 
 from mrf_gadgetron.host.chain import ChainOptions
 from mrf_gadgetron.host.external import REPO_ROOT
@@ -29,53 +28,14 @@ from mrf_gadgetron.host.messages import (
     encode_item,
     encode_string,
 )
-from mrf_gadgetron.host.server import MrfServer, ServerSettings, is_allowed, public_text
+from mrf_gadgetron.host.server import is_allowed, public_text
 
-ALLOW = ("wire_test_gadget:images", "wire_test_gadget:passthrough")
 MiB = 2**20
-
-
-def children() -> set[int]:
-    """Child processes of this process (the server's stages)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
-                        found.add(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    return found
 
 
 def rss_mib() -> float:
     with open("/proc/self/status") as f:
         return int(re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.MULTILINE)[1]) / 1024
-
-
-@pytest.fixture()
-def serve(test_gadget, tmp_path):
-    """serve(**settings) -> a running MrfServer on 127.0.0.1 (configurations echo.xml and hang.xml)."""
-    folder = tmp_path / "configs"
-    folder.mkdir()
-    (folder / "echo.xml").write_text(config_xml(("images", {"scale": "2"})))
-    (folder / "hang.xml").write_text(config_xml(("images", {"mode": "hang"})))
-    servers = []
-
-    def start(**overrides) -> MrfServer:
-        values = dict(config_dir=folder, max_connections=2, client_timeout_s=5, drain_s=2, allow=ALLOW,
-                      chain=ChainOptions(connect_s=30, io_s=30, exit_s=10))
-        values.update(overrides)
-        srv = MrfServer(("127.0.0.1", 0), ServerSettings(**values))
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-        return srv
-
-    yield start
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
 
 
 def entity_bomb(levels: int = 10) -> str:
@@ -133,12 +93,12 @@ def test_is_allowed_entries():
 
 def test_a_target_outside_the_allow_list_is_refused_and_never_started(serve):
     srv = serve()
-    before = children()
+    before = child_pids()
     text = config_xml(("images", None)).replace('name="wire_test_gadget" target="images"', 'name="json" target="dumps"')
     _, texts = exchange(srv.port, scan(encode_string(MessageId.CONFIG, text)), shut_write=True)
     assert "stage json:dumps is not allowed on this server" in texts[-1], texts
     assert "mrf serve --allow json:dumps" in texts[-1]
-    assert children() <= before
+    assert child_pids() <= before
 
 
 def test_too_many_nodes_and_inline_off_are_refused(serve):
@@ -218,23 +178,23 @@ def test_a_departed_client_stops_its_stages(serve, read_first):
     """Closing with the stage's warning unread (a reset) or after reading it (an end of stream, which the
     server's probe turns into a reset): the hanging stage is gone within ~3 s either way."""
     srv = serve()
-    before = children()
+    before = child_pids()
     sock = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
     sock.sendall(scan(encode_config_name("hang.xml")))
     if read_first:
         reader = MessageReader(sock, "server")
         assert reader.read_id() == MessageId.TEXT and "mode hang" in reader.read_string(10**6, "text")
     deadline = time.monotonic() + 20
-    while not (children() - before) and time.monotonic() < deadline:
+    while not (child_pids() - before) and time.monotonic() < deadline:
         time.sleep(0.1)
-    stages = children() - before
+    stages = child_pids() - before
     assert stages
     time.sleep(1.0)  # the stage is connected and hanging
     sock.close()
     left = time.monotonic()
-    while (children() - before) and time.monotonic() - left < 10:
+    while (child_pids() - before) and time.monotonic() - left < 10:
         time.sleep(0.05)
-    assert not (children() - before)
+    assert not (child_pids() - before)
     assert time.monotonic() - left < 3.5
 
 
@@ -302,7 +262,7 @@ def test_fuzzed_streams_get_text_and_close_and_the_server_serves_on(serve):
     rng = random.Random(15)
     valid = scan(encode_config_name("echo.xml"), acquisitions(2))
     handshake_end = len(encode_config_name("echo.xml") + encode_header(header()))
-    before = children()
+    before = child_pids()
     started = time.monotonic()
     for case in range(200):
         data = mutate(rng, valid, handshake_end)
@@ -312,6 +272,6 @@ def test_fuzzed_streams_get_text_and_close_and_the_server_serves_on(serve):
     images, texts = exchange(srv.port, valid)
     assert len(images) == 2 and not any(t.startswith("ERROR") for t in texts)
     deadline = time.monotonic() + 10
-    while children() - before and time.monotonic() < deadline:
+    while child_pids() - before and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not (children() - before)
+    assert not (child_pids() - before)

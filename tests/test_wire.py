@@ -11,7 +11,7 @@ import time
 import ismrmrd
 import numpy as np
 import pytest
-from chain_helpers import HEADER_XML, acquisitions, assert_reaped, config_xml, header
+from chain_helpers import HEADER_XML, acquisitions, assert_reaped, child_pids, config_xml, header
 
 from mrf_gadgetron.host.chain import ChainError, ChainOptions, run_chain
 from mrf_gadgetron.host.messages import (
@@ -172,20 +172,6 @@ def test_outputs_no_writer_accepts_are_dropped(test_gadget):
     assert len(outputs) == 3 and all(isinstance(o, ismrmrd.Image) for o in outputs) and report.dropped == 3
 
 
-def spawned_pids():
-    """Children of this process (to check that failed chains leave none behind)."""
-    children = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
-                        children.add(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    return children
-
-
 @pytest.mark.parametrize(("stages", "items", "message"), [
     ([("images", None), ("passthrough", None)], acquisitions(6, nan_at=2),
      r"wire_test_gadget.images: failed \(exit code 1\): acquisition 2 has non-finite samples"),
@@ -197,10 +183,10 @@ def spawned_pids():
     ([("passthrough", None), ("no_such_target", None)], acquisitions(2), "no_such_target"),
 ])
 def test_a_failing_stage_reports_its_own_words_and_leaves_no_process(test_gadget, stages, items, message):
-    before = spawned_pids()
+    before = child_pids()
     with pytest.raises(ChainError, match=message):
         run(config_xml(*stages), items)
-    assert spawned_pids() <= before
+    assert child_pids() <= before
 
 
 def test_missing_module_is_reported(test_gadget):
@@ -210,11 +196,11 @@ def test_missing_module_is_reported(test_gadget):
 
 
 def test_a_silent_stage_times_out_and_is_killed(test_gadget):
-    before = spawned_pids()
+    before = child_pids()
     started = time.monotonic()
     with pytest.raises(ChainError, match="no message for 1 s"):
         run(config_xml(("images", {"mode": "hang"})), acquisitions(1), ChainOptions(connect_s=30, io_s=1, exit_s=5))
-    assert time.monotonic() - started < 15 and spawned_pids() <= before
+    assert time.monotonic() - started < 15 and child_pids() <= before
 
 
 def test_stages_start_without_preexec_fn(test_gadget, monkeypatch):
