@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrf_core.io.map_images import USHORT_MAX, MapFile, read_map_file
+from mrf_core.io.map_images import USHORT_MAX, ImageGeometry, MapFile, read_map_file
 from mrf_core.mapping.maps import MapsError
 from mrf_core.qa import QAError
 from mrf_core.qa.metrics import Evaluation, Tolerances, evaluate
@@ -84,6 +84,7 @@ class QAResult:
     agreement: float
     warnings: list[str] = field(default_factory=list)
     created: str = field(default_factory=lambda: datetime.datetime.now().isoformat(timespec="seconds"))
+    geometry: ImageGeometry | None = None  # the analysed slice's position and directions (figures' orientation)
 
     @property
     def passed(self) -> bool:
@@ -267,7 +268,8 @@ def run_qa(
              layout.n_found, layout.rotation_deg, layout.scale, "PASS" if evaluation.passed else "FAIL")
     source = {"path": str(path), "group": map_file.group, "slice": slice_index, "n_slices": len(map_file.slices),
               "mapper": _meta_value(map_file, "MRF_Mapper")}
-    return QAResult(source, reference, settings, grid, layout, radius_mm, stats, evaluation, maps, score, warnings)
+    return QAResult(source, reference, settings, grid, layout, radius_mm, stats, evaluation, maps, score, warnings,
+                    geometry=map_file.geometry.get(slice_index))
 
 
 def saturation_warnings(map_file: MapFile, reference: Reference) -> list[str]:

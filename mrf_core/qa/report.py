@@ -1,9 +1,9 @@
 """The QA report: one self-contained HTML file (figures embedded as base64 PNG), results.json, and the
 summary figure that the scanner shows (also as an RGB array for the QA gadget).
 
-Figures: the T1/T2/PD maps with the ROI outlines and sphere numbers (log colour scale for T1/T2, so
-both ends of the two-decade range are visible); measured vs reference on log-log axes with the identity
-line and the tolerance band; Bland-Altman plots of the relative difference; the summary: the verdict
+Figures: the T1/T2/PD maps with the ROI outlines and sphere numbers (mrf_core.plotting.draw_map: the
+project's fixed windows and colour maps, mm axes, orientation); measured vs reference on log-log axes
+with the identity line and the tolerance band; Bland-Altman plots of the relative difference; the summary: the verdict
 and each sphere's error against its tolerance. Spheres not counted (not measurable) are hollow/grey.
 Figures are mrf_core.plotting.new_figure figures: no pyplot, matplotlib's backend untouched.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mrf_core.io.atomic import atomic_write_text, check_writable
-from mrf_core.plotting import new_subplots
+from mrf_core.plotting import DEFAULT_STYLE, FigureStyle, bbox_inches, draw_map, new_figure, new_subplots
 from mrf_core.qa.analysis import QAResult
 from mrf_core.qa.metrics import QUANTITY_LABELS
 from mrf_core.qa.references import QUANTITIES
@@ -30,7 +30,7 @@ PASS_COLOUR, FAIL_COLOUR, EXCLUDED_COLOUR = "#1a9850", "#d73027", "#999999"
 
 def _png_bytes(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches=bbox_inches(fig))
     return buffer.getvalue()
 
 
@@ -38,37 +38,27 @@ def _verdict(result: QAResult) -> str:
     return "PASS" if result.passed else "FAIL"
 
 
-def maps_figure(result: QAResult):
-    """T1, T2 and PD with ROI outlines, sphere numbers and colour bars."""
-    from matplotlib.colors import LogNorm
+def maps_figure(result: QAResult, style: FigureStyle = DEFAULT_STYLE):
+    """T1, T2 and PD of the analysed slice (mrf_core.plotting.draw_map) with ROI outlines and sphere numbers."""
     from matplotlib.patches import Circle
 
+    from mrf_core.io.map_images import ImageGeometry
+
     keys = [k for k in ("t1_ms", "t2_ms", "pd") if k in result.maps]
-    fig, axes = new_subplots(1, len(keys), figsize=(5.2 * len(keys), 4.6))
-    for ax, key in zip(np.atleast_1d(axes), keys, strict=True):
-        values = np.where(np.isfinite(result.maps[key]), result.maps[key], np.nan)
-        finite = values[np.isfinite(values) & (values > 0)]
-        if key == "pd":
-            image = ax.imshow(values, cmap="gray", interpolation="nearest")
-            label = "PD (a.u.)"
-        else:
-            low, high = (np.percentile(finite, [1, 99.5]) if finite.size else (1.0, 10.0))
-            image = ax.imshow(values, cmap="viridis", interpolation="nearest",
-                              norm=LogNorm(vmin=max(low, 1e-3), vmax=max(high, low * 1.01)))
-            label = f"{QUANTITY_LABELS[key]} (ms)"
-        fig.colorbar(image, ax=ax, shrink=0.85, label=label)
-        for sphere, centre in result.layout.centres_mm.items():
-            row, col = result.grid.to_pixel(*centre)
+    fig = new_figure(figsize=(5.0 * len(keys), 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(keys)))
+    grid = result.grid
+    geometry = result.geometry or ImageGeometry((grid.nx * grid.dx_mm, grid.ny * grid.dy_mm, 0.0))
+    where = f"slice {result.source['slice']} (of {result.source.get('n_slices', 1)}), with ROIs"
+    for ax, key in zip(axes, keys, strict=True):
+        draw_map(fig, ax, result.maps[key], key, geometry, style, where)
+        for sphere, (x_mm, y_mm) in result.layout.centres_mm.items():
             counted = result.evaluation.sphere(sphere, "t1_ms").counted or result.evaluation.sphere(
                 sphere, "t2_ms").counted
             colour = "#ff3b3b" if counted else "#dddddd"
-            ax.add_patch(Circle((col, row), result.roi_radius_mm / result.grid.dx_mm, fill=False, lw=1.0,
-                                ec=colour))
-            offset = 1.6 * result.layout.sphere_radius_mm / result.grid.dx_mm
-            ax.text(col + offset * 0.7, row - offset * 0.7, str(sphere), color=colour, fontsize=8,
-                    ha="center", va="center")
-        ax.set_title(f"{'PD' if key == 'pd' else QUANTITY_LABELS[key]} with ROIs")
-        ax.set_axis_off()
+            ax.add_patch(Circle((x_mm, y_mm), result.roi_radius_mm, fill=False, lw=1.0, ec=colour))
+            offset = 1.6 * result.layout.sphere_radius_mm * 0.7
+            ax.text(x_mm + offset, y_mm - offset, str(sphere), color=colour, fontsize=8, ha="center", va="center")
     return fig
 
 
@@ -220,15 +210,15 @@ img { max-width: 100%; display: block; margin: 0.5em 0; }
 """
 
 
-def render_html(result: QAResult) -> str:
-    """The report as one HTML document with every figure embedded."""
+def render_html(result: QAResult, style: FigureStyle = DEFAULT_STYLE) -> str:
+    """The report as one HTML document with every figure embedded (maps in `style`)."""
     reference = result.reference
     placement = result.layout
     verdict_css = "pass" if result.passed else "failv"
     items = lambda values: "".join(f"<li>{html.escape(v)}</li>" for v in values) or "<li>none</li>"  # noqa: E731
     figures = [
         (summary_figure(result), "summary: verdict and per-sphere errors"),
-        (maps_figure(result), "maps with ROI outlines"),
+        (maps_figure(result, style), "maps with ROI outlines"),
         (agreement_figure(result), "measured vs reference, log-log"),
         (bland_altman_figure(result), "Bland-Altman"),
     ]
@@ -258,7 +248,7 @@ three mean TRs of the schedule; others are measured and shown but never fail the
 """
 
 
-def write_report(result: QAResult, out_dir: str | Path) -> dict[str, Path]:
+def write_report(result: QAResult, out_dir: str | Path, style: FigureStyle = DEFAULT_STYLE) -> dict[str, Path]:
     """Write report.html, results.json and summary.png into out_dir (created); returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -268,5 +258,5 @@ def write_report(result: QAResult, out_dir: str | Path) -> dict[str, Path]:
     from mrf_core.plotting import save_figure
 
     save_figure(summary_figure(result), paths["summary"])
-    atomic_write_text(paths["html"], render_html(result))
+    atomic_write_text(paths["html"], render_html(result, style))
     return paths

@@ -59,5 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
+    """--linear and --window, the options of every command that draws maps (mrf_core.plotting.FigureStyle)."""
+    parser.add_argument("--linear", action="store_true",
+                        help="figures: linear colour scales in the scanner windows (T1 0-3000 ms, T2 0-300 ms) "
+                        "instead of the log windows (T1 10-5000 ms, T2 2-2000 ms)")
+    parser.add_argument("--window", action="append", default=[], metavar="Q=LOW:HIGH",
+                        help="figures: a map's window in its unit, e.g. t1=100:2500 (Q: t1, t2, pd, b1, quality; "
+                        "repeatable)")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from mrf_gadgetron.cli import CliError
+from mrf_gadgetron.cli import CliError, add_figure_arguments
 
 TISSUES = {"white matter": (830.0, 80.0), "grey matter": (1330.0, 110.0), "CSF": (3500.0, 1500.0),
            "fat": (380.0, 130.0), "muscle": (1410.0, 50.0)}
@@ -31,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--timepoints", type=int, default=1000, help="TRs of the Jiang schedule played")
     p.add_argument("--coils", type=int, default=8, help="receive channels")
     p.add_argument("--snr", type=float, default=40.0, help="SNR of the simulated scan (mrf simulate --snr)")
+    add_figure_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -82,13 +83,13 @@ def run(args) -> int:
     from mrf_core.io.rawio import MrfRawFile
     from mrf_core.physics.epg import simulate_fisp
     from mrf_core.physics.sequence import default_schedule
-    from mrf_core.plotting import plot_fingerprints
+    from mrf_core.plotting import FigureStyle, plot_fingerprints, plot_map_file
     from mrf_gadgetron.cli import main as mrf
-    from mrf_gadgetron.cli.replay import save_maps_png
     from mrf_gadgetron.host.replay import ReplayError, replay
     from mrf_gadgetron.host.stream_config import find_config
 
     started = time.perf_counter()
+    style = FigureStyle.from_options(args.linear, args.window)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = find_config(args.config)
@@ -122,7 +123,7 @@ def run(args) -> int:
     map_file = read_map_file(maps_path)
     with MrfRawFile(raw) as f:
         phantom = f.truth().phantom
-    save_maps_png(maps_path, out / "maps.png", truth=phantom,
+    plot_map_file(maps_path, out / "maps.png", truth=phantom, style=style,
                   title=f"NIST T1 plate, {args.matrix}^2, {args.timepoints} TRs, through {Path(config.source).name}")
     rows = sphere_accuracy(map_file, phantom)
     mapper = map_file.meta.get("t1_ms", {}).get("MRF_Mapper", "unknown")

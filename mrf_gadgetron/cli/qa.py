@@ -7,6 +7,8 @@ import argparse
 import datetime
 import math
 
+from mrf_gadgetron.cli import add_figure_arguments
+
 TREND = "trend"
 
 
@@ -48,6 +50,7 @@ def register(sub) -> None:
     p.add_argument("--scan-time", default=None, metavar="ISO",
                    help="scan date and time for the store (default: the client's group name, else now)")
     p.add_argument("--exit-code", action="store_true", help="exit 1 when the phantom fails")
+    add_figure_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -62,6 +65,7 @@ def run(args) -> int:
 
 
 def _analyse(args) -> int:
+    from mrf_core.plotting import FigureStyle
     from mrf_core.qa.analysis import QASettings, run_qa
     from mrf_core.qa.metrics import QUANTITY_LABELS, Tolerances
     from mrf_core.qa.references import load_temperature_coefficients
@@ -75,11 +79,12 @@ def _analyse(args) -> int:
         tolerances=Tolerances(args.tolerance_t1, args.tolerance_t2, args.min_r2), slice_index=args.slice,
     )
     scan_time = _parse_time(args.scan_time)
+    style = FigureStyle.from_options(args.linear, args.window)
     store = TrendStore(args.store) if args.store else None  # opened first: a bad store fails before the work
     try:
         result = run_qa(args.maps, args.array, args.field, args.batch, args.temperature, coefficients, settings,
                         args.group)
-        paths = write_report(result, args.out)
+        paths = write_report(result, args.out, style)
         if store is not None:
             scan_id = store.add(result, scan_time, replace=args.replace)
     finally:

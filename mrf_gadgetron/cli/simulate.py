@@ -105,30 +105,34 @@ def run(args) -> int:
 
 
 def write_preview(raw_path: str, png_path: str, dataset: str = "dataset") -> None:
-    """Truth T1/T2/PD of slice 0, the first readouts' trajectories, and the time-averaged image of
-    slice 0 reconstructed from the file itself (adjoint NUFFT with the spiral's DCF, root-sum-of-squares)."""
+    """Truth T1/T2/PD of slice 0 (mrf_core.plotting.draw_map), the first readouts' trajectories, and the
+    time-averaged image of slice 0 reconstructed from the file itself (adjoint NUFFT with the spiral's DCF,
+    root-sum-of-squares)."""
     import numpy as np
 
+    from mrf_core.io.map_images import ImageGeometry
     from mrf_core.io.rawio import MrfRawFile
-    from mrf_core.plotting import new_subplots, save_figure
+    from mrf_core.plotting import draw_map, new_figure, save_figure
 
     with MrfRawFile(raw_path, dataset) as raw:
         truth = raw.truth()
         first = [r.traj for _, r in zip(range(6), raw.readouts(), strict=False)]
         image = _time_averaged_image(raw, slice_index=0)
-    fig, axes = new_subplots(1, 5, figsize=(19, 4))
-    for ax, key, unit in zip(axes[:3], ("t1_ms", "t2_ms", "pd"), ("ms", "ms", ""), strict=True):
-        im = ax.imshow(getattr(truth.phantom, key)[0], cmap="magma")
-        ax.set_title(f"true {key}")
-        fig.colorbar(im, ax=ax, label=unit, shrink=0.8)
+        fov = raw.info.fov_mm
+    phantom = truth.phantom
+    where = f"truth, slice 0 (of {phantom.n_slices})"
+    geometry = ImageGeometry((fov, fov, 0.0))  # the directions `mrf simulate` writes
+    fig = new_figure(figsize=(22, 4), layout="constrained")
+    axes = fig.subplots(1, 5)
+    for ax, key in zip(axes[:3], ("t1_ms", "t2_ms", "pd"), strict=True):
+        draw_map(fig, ax, np.where(phantom.mask[0], getattr(phantom, key)[0], np.nan), key, geometry, where=where)
     for t in first:
         axes[3].plot(t[:, 0], t[:, 1], lw=0.6)
     axes[3].set_aspect("equal")
-    axes[3].set_title(f"first {len(first)} readouts (cycles/FOV)")
+    axes[3].set_title(f"first {len(first)} readouts (cycles/FOV)", fontsize=10)
     axes[4].imshow(np.sqrt((np.abs(image) ** 2).sum(axis=0)), cmap="gray")
-    axes[4].set_title("time-averaged image from the raw data")
-    for ax in (*axes[:3], axes[4]):
-        ax.set_axis_off()
+    axes[4].set_title("slice 0, time-averaged image from the raw data", fontsize=10)
+    axes[4].set_axis_off()
     save_figure(fig, png_path)
 
 
