@@ -7,7 +7,7 @@ marked with MRF_Mapper (emit outputs it when `coefficient_images` is set; later 
 mapper with a fallback after it (map_network) passes a slice it cannot map on unmapped, with the reason
 in MRF_Warning; the last mapper's failure is the gadget's error.
 `ScanContext` holds what the stream said about the scan: the bases its coefficient images may be in (from
-basis images) and the effective schedule.
+basis images), each with its schedule, and the effective schedule.
 """
 
 from __future__ import annotations
@@ -39,19 +39,20 @@ log = logging.getLogger(__name__)
 
 
 class ScanContext:
-    """Bases seen on the stream (by hash) and the scan's schedule (basis image first, else the header)."""
+    """Bases seen on the stream (by hash), each with its schedule (a slice of a scan stopped early has the
+    schedule's first time points), and the scan's schedule (the first basis image's, else the header's)."""
 
     def __init__(self, header=None):
         self.header = header
         self.bases: dict[str, TemporalBasis] = {}
+        self.schedules: dict[str, FispSchedule] = {}
         self._schedule: FispSchedule | None = None
 
     def add_basis_image(self, image) -> None:
         basis, schedule = read_basis_image(image)
         self.bases[basis.hash] = basis
-        if self._schedule is not None and self._schedule.hash != schedule.hash:
-            raise StageImageError(f"basis images name two schedules ({self._schedule.hash}, {schedule.hash})")
-        self._schedule = schedule
+        self.schedules[basis.hash] = schedule
+        self._schedule = self._schedule or schedule
         log.info("basis %s (rank %d, schedule %s, %d TRs) announced", basis.hash, basis.rank, schedule.hash,
                  schedule.n_timepoints)
 
@@ -81,7 +82,7 @@ def _map_one(image, context: ScanContext, mapper, fallback: bool) -> Iterator:
     slice_index = int(image.getHead().slice)
     try:
         coefficients, basis_hash = read_coefficients(image)
-        schedule = context.schedule
+        schedule = context.schedules.get(basis_hash) or context.schedule
         maps = map_slice(mapper, coefficients, context.basis(basis_hash), schedule, slice_index)
     except Exception as exc:
         if not fallback:

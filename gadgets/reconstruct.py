@@ -33,7 +33,7 @@ def reconstruct(connection) -> None:
         announced: set[str] = set()
         for slice_ in reconstruction.slices(connection):
             if slice_.basis.hash not in announced:
-                connection.send(basis_image(slice_.basis, reconstruction.schedule))
+                connection.send(basis_image(slice_.basis, slice_.schedule or reconstruction.schedule))
                 announced.add(slice_.basis.hash)
             connection.send(slice_.image())
 

@@ -80,10 +80,11 @@ def scan_info(header, settings) -> ScanInfo:
                         settings.schedule_file, schedule.hash, stated.hash)
         schedule.to_ismrmrd(header)
     index_map = IndexMap.from_string(settings.index_map) if settings.index_map else None
-    info = validate_header(header, index_map)
+    info = validate_header(header, index_map, settings.traj_units)
     log.info("scan: schedule %s (%d TRs, hash %s), matrix %d, FOV %g mm, %s slices, %s channels, index map %s",
              info.schedule.name, info.schedule.n_timepoints, info.schedule.hash, info.matrix, info.fov_mm,
-             info.n_slices or "?", info.n_channels or "?", info.index_map.to_string())
+             info.n_slices or "?", info.n_channels or "?",
+             info.index_map.to_string() if info.index_map_stated else "detected from the counters")
     return info
 
 
@@ -195,11 +196,16 @@ class SliceCoefficients:
     basis: TemporalBasis
     geometry: ImageGeometry
     result: ReconResult
+    schedule: FispSchedule | None = None  # the slice's (truncated when the scan stopped early)
+    warnings: list[str] = field(default_factory=list)  # from gathering: missing time points, a truncated scan
 
     def image(self) -> ismrmrd.Image:
         """The coefficient image (series COEFFICIENT_SERIES), as the reconstruct gadget sends it."""
+        meta = {"MRF_Method": self.result.method}
+        if self.warnings:
+            meta[WARNING_KEY] = [ascii_text(w) for w in self.warnings]
         return coefficient_image(self.coefficients, self.basis.hash, self.geometry, self.slice_index,
-                                 COEFFICIENT_SERIES, {"MRF_Method": self.result.method})
+                                 COEFFICIENT_SERIES, meta)
 
 
 class Reconstruction:
@@ -213,7 +219,8 @@ class Reconstruction:
         self.basis, self.basis_source = recon_basis(settings, self.info.schedule)
         self.options = recon_settings(settings, self.basis_source)
         self.options.basis_of(self.basis)  # a rank above the basis' is an error before any readout is read
-        self.fov_mm = (self.info.fov_mm, self.info.fov_mm, _fov_z_mm(header))
+        self._truncated: dict[str, tuple[TemporalBasis, ReconSettings]] = {}
+        self.fov_mm = (self.info.fov_mm, self.info.fov_mm, _fov_z_mm(header) / self.info.n_partitions)
         log.info("%s reconstruction in the basis of the %s (rank %d, hash %s)", self.options.method,
                  self.basis_source, self.options.rank or self.basis.rank, self.basis.hash)
 
@@ -221,11 +228,21 @@ class Reconstruction:
     def schedule(self) -> FispSchedule:
         return self.info.schedule
 
+    def basis_for(self, schedule: FispSchedule) -> tuple[TemporalBasis, ReconSettings]:
+        """The basis and options of a slice's schedule: the scan's, or one made for a truncated schedule."""
+        if schedule.hash == self.schedule.hash:
+            return self.basis, self.options
+        if schedule.hash not in self._truncated:
+            basis, source = recon_basis(self.settings, schedule)
+            self._truncated[schedule.hash] = basis, recon_settings(self.settings, source)
+        return self._truncated[schedule.hash]
+
     def slices(self, acquisitions: Iterable) -> Iterator[SliceCoefficients]:
         from mrf_core.recon.reconstruct import reconstruct_slice
 
         for data in gathered(acquisitions, self.info, self.settings):
-            result = reconstruct_slice(data, self.basis, self.options, progress=self.progress)
+            basis, options = self.basis_for(data.schedule)
+            result = reconstruct_slice(data, basis, options, progress=self.progress)
             coefficients = result.coefficients
             if self.settings.mask_fraction > 0:
                 mask = object_mask(result.time_average, self.settings.mask_fraction)
@@ -237,7 +254,8 @@ class Reconstruction:
                      timings)
             for note in result.notes:
                 log.info("slice %d: %s", data.slice_index, note)
-            yield SliceCoefficients(data.slice_index, coefficients, result.basis, geometry, result)
+            yield SliceCoefficients(data.slice_index, coefficients, result.basis, geometry, result, data.schedule,
+                                    list(data.warnings))
 
 
 # ---- mapping -----------------------------------------------------------------------------------------
@@ -356,7 +374,7 @@ class Mapping:
         self.mappers = [make(settings) for make in MAPPER_CHAINS[settings.mapper]]
 
     def __call__(self, slice_: SliceCoefficients, schedule: FispSchedule) -> SliceOutput:
-        warnings: list[str] = []
+        warnings: list[str] = list(slice_.warnings)
         for position, mapper in enumerate(self.mappers):
             try:
                 maps = map_slice(mapper, slice_.coefficients, slice_.basis, schedule, slice_.slice_index)
@@ -377,7 +395,7 @@ def run_scan(header, acquisitions: Iterable, settings, progress: bool = False) -
     reconstruction = Reconstruction(header, settings, progress)
     mapping = Mapping(settings)
     for slice_ in reconstruction.slices(acquisitions):
-        yield mapping(slice_, reconstruction.schedule)
+        yield mapping(slice_, slice_.schedule or reconstruction.schedule)
 
 
 # ---- output ------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ COIL_METHODS = ("lowres", "espirit")
 NUFFT_BACKENDS = ("finufft", "sigpy", "cufinufft", "dft")
 GRIDS = ("percent", "song", "oksuz")
 MAPPERS = ("network", "dictionary", "none")
+TRAJ_UNITS = ("cycles_per_fov", "normalised", "cycles_per_m", "rad_per_m")
 QUANTITY_KEYS = ("t1_ms", "t2_ms", "pd", "b1", "quality")
 CACHE_HOME = "$XDG_CACHE_HOME"
 # ReconSettings' defaults, literal for the same reason (tests check them against ReconSettings).
@@ -155,13 +156,18 @@ _R = RECON_DEFAULTS
 SETTINGS: tuple[Setting, ...] = (
     # gather
     Setting("index_map", "", text,
-            "acquisition fields of time point, interleave and slice, e.g. 'timepoint=user_int[0]'; empty: the "
-            "header's MRF_index_map, else repetition / kspace_encode_step_1 / slice", ("gather",)),
-    Setting("schedule_file", "", optional_path,
-            "schedule file (JSON or CSV) replacing the header's sequenceParameters; empty: the header's",
+            "acquisition fields of time point, interleave, slice and partition, e.g. 'timepoint=user_int[0]'; "
+            "empty: the header's MRF_index_map, else detected from the counters (README: Raw data from scanners)",
             ("gather",)),
-    Setting("max_missing_fraction", "0", number(0.0, 0.99),
-            "fraction of a slice's time points that may be missing (0: a slice must be complete)", ("gather",)),
+    Setting("schedule_file", "", optional_path,
+            "schedule file (JSON or CSV), or a built-in schedule's name (fisp_jiang2015, fisp_jiang2015[:N]), "
+            "replacing the header's sequenceParameters; empty: the header's", ("gather",)),
+    Setting("max_missing_fraction", "0.02", number(0.0, 0.99),
+            "fraction of a slice's time points that may be missing (dropped readouts; reconstructed with a "
+            "warning); a scan stopped early is reconstructed with the schedule's first time points", ("gather",)),
+    Setting("traj_units", "auto", choice("auto", *TRAJ_UNITS),
+            "units of the readouts' traj: " + ", ".join(TRAJ_UNITS) + " (the last two with the header's FOV); "
+            "auto: detected from the largest |k| and logged", ("gather",)),
     # reconstruction
     Setting("method", _R["method"], choice(*METHODS), "reconstruction method: " + ", ".join(METHODS), ("recon",)),
     Setting("rank", "0", integer(0, 64),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import finufft
 import ismrmrd
 import numpy as np
@@ -11,6 +13,7 @@ from scipy.spatial import cKDTree
 from mrf_core.recon.trajectory import (
     GAMMA_HZ_PER_T,
     GOLDEN_ANGLE_DEG,
+    HargreavesVds,
     SpiralParams,
     TrajectoryError,
     design_spiral,
@@ -195,3 +198,78 @@ def test_header_description_round_trip_through_xml():
     ]
     with pytest.raises(TrajectoryError, match="n_interleaves"):
         SpiralParams.from_ismrmrd(parsed.encoding[0].trajectoryDescription)
+
+
+# ---- Gadgetron's HargreavesVDS2000 ---------------------------------------------------------------------
+def _vds_reference(p: HargreavesVds, substeps: int) -> np.ndarray:
+    """Hargreaves' design written independently: the slew limit as |d2k/dt2| of k = r e^{i theta(r)} with
+    theta(r) = 2 pi / N * integral of FOV(r) (exact, not integrated), r by Euler on a raster `substeps` finer,
+    sampled every SamplingTime; k in 1/cm, complex, k[0] = 0."""
+    gamma, dt = 4258.0, p.sampling_time_ns * 1e-9
+    c = np.asarray(p.fov_coefficients_cm)[::-1]  # numpy's polynomial order
+    r = v = 0.0
+    radii = [0.0]
+    while r < p.krmax_per_cm:
+        fov = np.polyval(c, r)
+        w = 2 * np.pi * fov / p.interleaves  # dtheta/dr
+        dw = 2 * np.pi * np.polyval(np.polyder(c), r) / p.interleaves if c.size > 1 else 0.0
+        a = complex(1.0, r * w)  # d2k/dt2 = e^{i theta} (a r'' + b)
+        b = v * v * complex(-r * w * w, 2 * w + r * dw)
+        ab, aa = (a * b.conjugate()).real, abs(a) ** 2
+        disc = ab * ab - aa * (abs(b) ** 2 - (gamma * p.max_slew_G_per_cm_per_s) ** 2)
+        v_max = gamma * min(p.max_grad_G_per_cm, 1.0 / (gamma * fov * dt)) / abs(a)
+        v = min(v + (-ab + np.sqrt(max(disc, 0.0))) / aa * dt / substeps, v_max)
+        r += v * dt / substeps
+        radii.append(r)
+    radii = np.asarray(radii)[::substeps]
+    return radii * np.exp(2j * np.pi / p.interleaves * np.polyval(np.polyint(c), radii))
+
+
+VDS_CASES = [  # (interleaves, SamplingTime_ns, G/cm, G/cm/s, FOV coefficients cm, krmax 1/cm): constant and
+    HargreavesVds(16, 2500, 2.4, 14414.4, (24.0,), 32 / 48),  # variable density, gradient- and slew-limited
+    HargreavesVds(8, 2000, 4.0, 15000.0, (24.0, -6.0), 1.0),
+    HargreavesVds(48, 2500, 2.2, 12000.0, (30.0,), 64 / 60),
+]
+
+
+@pytest.mark.parametrize("p", VDS_CASES)
+def test_hargreaves_vds_matches_an_independent_design(p):
+    """Gadgetron's conventions: sample 0 at k = 0, cycles/FOV = -k * FOV (its trajectory is -k / (2 krmax)),
+    interleave j = interleave 0 rotated clockwise by 2 pi j / N. Against the reference above: with a constant
+    FOV theta(r) is exact in both, so at the same raster they agree to rounding; otherwise both are first-order
+    (Euler) schemes converging to one design, so the project's error at raster T is ~2 |k(T) - k(T/2)|
+    (Richardson), which bounds its distance to the reference at T/16 (x 1.25 for the non-asymptotic regime)."""
+    fov_cm = p.fov_coefficients_cm[0]
+    n = p.n_samples
+    traj = p.traj(np.arange(3), n, fov_mm=10 * fov_cm)
+    k = -(traj[0, :, 0] + 1j * traj[0, :, 1]).astype(np.complex128) / fov_cm
+    assert k[0] == 0 and abs(k[-1]) == pytest.approx(p.krmax_per_cm, rel=0.02)
+    for j in (1, 2):
+        kj = -(traj[j, :, 0] + 1j * traj[j, :, 1]) / fov_cm
+        np.testing.assert_allclose(kj, k * np.exp(-2j * np.pi * j / p.interleaves), atol=1e-6 * p.krmax_per_cm)
+    reference = _vds_reference(p, 1)
+    m = min(n, reference.size)
+    if len(p.fov_coefficients_cm) == 1:
+        np.testing.assert_allclose(k[:m], reference[:m], atol=1e-6 * p.krmax_per_cm)  # float32 traj
+    half = dataclasses.replace(p, sampling_time_ns=p.sampling_time_ns // 2)
+    k_half = -(lambda t: t[:, 0] + 1j * t[:, 1])(half.traj(0, half.n_samples, 10 * fov_cm))[::2] / fov_cm
+    fine = _vds_reference(p, 16)
+    m = min(n, k_half.size, fine.size)
+    assert np.abs(k[:m] - fine[:m]).max() <= 2.5 * np.abs(k[:m] - k_half[:m]).max()
+
+
+def test_hargreaves_vds_description_names_what_it_lacks():
+    description = ismrmrd.xsd.trajectoryDescriptionType(
+        identifier="HargreavesVDS2000",
+        userParameterLong=[ismrmrd.xsd.userParameterLongType(name="interleaves", value=16),
+                           ismrmrd.xsd.userParameterLongType(name="fov_coefficients", value=1),
+                           ismrmrd.xsd.userParameterLongType(name="SamplingTime_ns", value=2500)],
+        userParameterDouble=[ismrmrd.xsd.userParameterDoubleType(name=n, value=v) for n, v in (
+            ("MaxGradient_G_per_cm", 2.4), ("MaxSlewRate_G_per_cm_per_s", 14414.4), ("krmax_per_cm", 0.667))],
+    )
+    with pytest.raises(TrajectoryError, match="lacks the parameter 'FOVCoeff_1_cm'"):
+        HargreavesVds.from_ismrmrd(description)
+    description.userParameterDouble.append(ismrmrd.xsd.userParameterDoubleType(name="FOVCoeff_1_cm", value=24.0))
+    assert HargreavesVds.from_ismrmrd(description) == HargreavesVds(16, 2500, 2.4, 14414.4, (24.0,), 0.667)
+    with pytest.raises(TrajectoryError, match="the design has .* samples, the readouts 100000"):
+        VDS_CASES[0].traj(0, 100_000, 240.0)

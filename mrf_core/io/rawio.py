@@ -12,17 +12,21 @@ File layout (the ISMRMRD HDF5 layout, readable by ismrmrd.Dataset and the C++ li
       `simulation` (JSON: SNR, noise sigma, SVD rank and residual per slice, seed, ...).
 
 What the reader needs (`validate_header`, `AcquisitionValidator`): a non-Cartesian encoding with a
-positive FOV and matrix; the MRF schedule in sequenceParameters (flipAngle_deg and TR lists, TE, TI);
-per imaging readout a time point in [0, n_timepoints), an interleave, a slice, one sample count and
-channel count throughout, and a trajectory: `traj` (n_samples, 2) in cycles/FOV (|k| <= matrix/2;
-a third column, density weights as some converters write, is ignored: the reconstruction recomputes
-the DCF), or, without `traj`, an 'mrf_vds' trajectoryDescription to compute it from. Errors are
-`RawHeaderError` / `RawAcquisitionError` (ValueErrors) whose message names the field and the value.
+positive FOV and matrix; the MRF schedule in sequenceParameters (flipAngle_deg and TR lists, TE, TI; one
+TR, as siemens_to_ismrmrd writes, is refused: the schedule must come from a file); per imaging readout a
+time point in [0, n_timepoints), an interleave, a slice, one sample count and channel count throughout,
+and a trajectory: `traj` (n_samples, 2) in `traj_units` (cycles/FOV, normalised to 0.5, cycles/m or
+rad/m; auto: detected on the first readout from its largest |k|; a third column, density weights as some
+converters write, is ignored: the reconstruction recomputes the DCF), or, without `traj`, an 'mrf_vds' or
+Gadgetron 'HargreavesVDS2000' trajectoryDescription to compute it from. Errors are `RawHeaderError` /
+`RawAcquisitionError` (ValueErrors) whose message names the field and the value.
 
 Where the indices are (`IndexMap`, configurable because converters differ): by default the time point
-in idx.repetition, the interleave in idx.kspace_encode_step_1, the slice in idx.slice. Any of the idx
-counters, idx.user[i] or user_int[i] can be named; the writer records its map in the header's user
-parameter MRF_index_map, which the reader uses unless told otherwise.
+in idx.repetition, the interleave in idx.kspace_encode_step_1, the slice in idx.slice, the partition of a
+stack of spirals in idx.kspace_encode_step_2. Any of the idx counters, idx.user[i] or user_int[i] can be
+named; the writer records its map in the header's user parameter MRF_index_map, which the reader uses
+unless told otherwise. Without a stated map (ScanInfo.index_map_stated False) the gatherer detects time
+point and interleave from the counters (mrf_core.recon.gather.Layout).
 Time stamps: acquisition_time_stamp in ticks of TIMESTAMP_TICK_MS = 2.5 ms (the Siemens convention).
 """
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -43,7 +48,17 @@ from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
 from mrf_core.errors import MrfError
 from mrf_core.io.atomic import atomic_path
 from mrf_core.physics.sequence import FispSchedule, ScheduleError
-from mrf_core.recon.trajectory import TRAJECTORY_ID, SpiralParams, TrajectoryError, design_spiral
+from mrf_core.recon.trajectory import (
+    HARGREAVES_ID,
+    TRAJ_UNITS,
+    TRAJECTORY_ID,
+    HargreavesVds,
+    SpiralParams,
+    TrajectoryError,
+    design_spiral,
+    detect_units,
+    unit_edges,
+)
 from mrf_core.sim.phantoms import Phantom
 
 TIMESTAMP_TICK_MS = 2.5
@@ -61,6 +76,12 @@ _NON_IMAGING_FLAGS = (
     ismrmrd.ACQ_IS_PHASE_STABILIZATION,
 )
 _READ_BLOCK = 64  # acquisitions per HDF5 read or write
+ROLES = ("timepoint", "interleave", "slice", "partition")
+# every field an index can be in, in the order detection prefers them (the default map's first)
+COUNTER_FIELDS = ("repetition", "kspace_encode_step_1", "contrast", "segment", "set", "phase", "average",
+                  "kspace_encode_step_2", "slice", *(f"user_int[{i}]" for i in range(8)),
+                  *(f"user[{i}]" for i in range(8)))
+log = logging.getLogger(__name__)
 
 
 class RawDataError(MrfError):
@@ -82,7 +103,7 @@ _FIELD_PATTERN = re.compile(rf"^(?:idx\.)?(?:({_COUNTER_ALTERNATIVES})|(user|use
 
 @dataclass(frozen=True)
 class IndexMap:
-    """Which acquisition field carries the time point, the interleave and the slice.
+    """Which acquisition field carries the time point, the interleave, the slice and the partition (3D).
 
     A field is an idx counter name ("repetition", "kspace_encode_step_1", ...), "user[i]" (idx.user)
     or "user_int[i]", i in 0..7.
@@ -91,21 +112,22 @@ class IndexMap:
     timepoint: str = "repetition"
     interleave: str = "kspace_encode_step_1"
     slice: str = "slice"
+    partition: str = "kspace_encode_step_2"
 
     def __post_init__(self) -> None:
-        for role in ("timepoint", "interleave", "slice"):
+        for role in ROLES:
             object.__setattr__(self, role, str(getattr(self, role)).strip().removeprefix("idx."))
             if not _FIELD_PATTERN.match(getattr(self, role)):
                 raise RawHeaderError(
                     f"index map {role} = {getattr(self, role)!r}: expected an idx counter "
                     f"({', '.join(_IDX_COUNTERS)}), user[0..7] or user_int[0..7]"
                 )
-        used = [self.timepoint, self.interleave, self.slice]
-        if len(set(used)) != 3:
+        used = [getattr(self, role) for role in ROLES]
+        if len(set(used)) != len(ROLES):
             raise RawHeaderError(f"index map {self.to_string()!r} uses one field for two roles")
 
     def to_string(self) -> str:
-        return f"timepoint={self.timepoint},interleave={self.interleave},slice={self.slice}"
+        return ",".join(f"{role}={getattr(self, role)}" for role in ROLES)
 
     @classmethod
     def from_string(cls, text: str) -> IndexMap:
@@ -113,8 +135,8 @@ class IndexMap:
         values = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
             role, sep, name = part.partition("=")
-            if not sep or role.strip() not in ("timepoint", "interleave", "slice"):
-                raise RawHeaderError(f"index map entry {part!r}: expected timepoint=, interleave= or slice=")
+            if not sep or role.strip() not in ROLES:
+                raise RawHeaderError(f"index map entry {part!r}: expected {'=, '.join(ROLES)}=")
             values[role.strip()] = name.strip()
         return cls(**values)
 
@@ -127,11 +149,10 @@ class IndexMap:
         return (acq.idx if array == "user" else acq), ("user" if array == "user" else "user_int"), int(i)
 
     def get(self, acq, role: str) -> int:
-        owner, attr, i = self._locate(acq, getattr(self, role))
-        return int(getattr(owner, attr) if i is None else getattr(owner, attr)[i])
+        return field_value(acq, getattr(self, role))
 
-    def set(self, acq, timepoint: int, interleave: int, slice_: int) -> None:
-        for role, value in (("timepoint", timepoint), ("interleave", interleave), ("slice", slice_)):
+    def set(self, acq, timepoint: int, interleave: int, slice_: int, partition: int = 0) -> None:
+        for role, value in zip(ROLES, (timepoint, interleave, slice_, partition), strict=True):
             owner, attr, i = self._locate(acq, getattr(self, role))
             if i is None:
                 setattr(owner, attr, int(value))
@@ -141,6 +162,21 @@ class IndexMap:
     def limit_name(self, role: str) -> str | None:
         """The encodingLimits entry describing a role's field (None for user fields)."""
         return _LIMIT_NAMES.get(getattr(self, role))
+
+    def with_roles(self, **fields: str) -> IndexMap:
+        return IndexMap(**{role: fields.get(role, getattr(self, role)) for role in ROLES})
+
+
+def field_value(acq, name: str) -> int:
+    """The value of one index field (an idx counter, user[i] or user_int[i]) of an acquisition."""
+    owner, attr, i = IndexMap._locate(acq, name)
+    return int(getattr(owner, attr) if i is None else getattr(owner, attr)[i])
+
+
+def counter_values(acq) -> np.ndarray:
+    """All COUNTER_FIELDS of an acquisition, (len(COUNTER_FIELDS),) int64."""
+    idx = acq.idx
+    return np.array([*(getattr(idx, c) for c in COUNTER_FIELDS[:9]), *acq.user_int, *idx.user], dtype=np.int64)
 
 
 # ---- header ----------------------------------------------------------------------------------------
@@ -157,6 +193,16 @@ class ScanInfo:
     spiral: SpiralParams | None
     n_samples: int | None
     index_map: IndexMap
+    index_map_stated: bool = True
+    vds: HargreavesVds | None = None
+    traj_units: str = "auto"
+    n_partitions: int = 1
+    fov_z_mm: float = 1.0
+
+    @property
+    def described(self) -> bool:
+        """Whether the header describes a trajectory to compute readouts without `traj` from."""
+        return self.spiral is not None or self.vds is not None
 
 
 def _user_string(header, name: str) -> str | None:
@@ -165,8 +211,9 @@ def _user_string(header, name: str) -> str | None:
     return next((str(p.value) for p in header.userParameters.userParameterString if p.name == name), None)
 
 
-def validate_header(header, index_map: IndexMap | None = None) -> ScanInfo:
-    """Check an ismrmrd.xsd.ismrmrdHeader against what spiral MRF reconstruction needs."""
+def validate_header(header, index_map: IndexMap | None = None, traj_units: str = "auto") -> ScanInfo:
+    """Check an ismrmrd.xsd.ismrmrdHeader against what spiral MRF reconstruction needs. Without an
+    index_map and without the header's MRF_index_map, the gatherer detects the layout from the data."""
     if not header.encoding:
         raise RawHeaderError("header has no encoding")
     enc = header.encoding[0]
@@ -188,9 +235,27 @@ def validate_header(header, index_map: IndexMap | None = None) -> ScanInfo:
     try:
         schedule = FispSchedule.from_ismrmrd(header)
     except ScheduleError as exc:
-        raise RawHeaderError(f"sequenceParameters: {exc}") from exc
-    spiral, n_samples = None, None
+        raise RawHeaderError(f"sequenceParameters: {exc}; give the schedule with --schedule-file FILE "
+                             "(property schedule_file)") from exc
+    limits = enc.encodingLimits
+    if schedule.n_timepoints == 1:
+        counts = [int(getattr(getattr(limits, _LIMIT_NAMES[c], None), "maximum", 0) or 0) + 1
+                  for c in _IDX_COUNTERS if c != "slice"] if limits else []
+        many = f"{max(counts)} time points" if counts and max(counts) > 1 else "an MRF scan"
+        raise RawHeaderError(
+            f"the header holds 1 TR for {many} (sequenceParameters with the protocol's one TR and flip angle, "
+            "as siemens_to_ismrmrd writes them): give the schedule with --schedule-file FILE (property "
+            "schedule_file)"
+        )
+    if traj_units not in ("auto", *TRAJ_UNITS):
+        raise RawHeaderError(f"traj_units = {traj_units!r}: expected auto or one of {', '.join(TRAJ_UNITS)}")
+    spiral, n_samples, vds = None, None, None
     description = enc.trajectoryDescription
+    if description is not None and description.identifier == HARGREAVES_ID:
+        try:
+            vds = HargreavesVds.from_ismrmrd(description)
+        except TrajectoryError as exc:
+            raise RawHeaderError(f"encoding[0].trajectoryDescription: {exc}") from exc
     if description is not None and description.identifier == TRAJECTORY_ID:
         try:
             spiral, n_samples = SpiralParams.from_ismrmrd(description)
@@ -201,10 +266,11 @@ def validate_header(header, index_map: IndexMap | None = None) -> ScanInfo:
                 f"trajectoryDescription matrix {spiral.matrix} / fov_mm {spiral.fov_mm:g} disagree with "
                 f"encodedSpace {matrix.x} / {fov.x:g}"
             )
+    stated = index_map is not None
     if index_map is None:
-        stated = _user_string(header, INDEX_MAP_PARAMETER)
-        index_map = IndexMap.from_string(stated) if stated else IndexMap()
-    limits = enc.encodingLimits
+        text = _user_string(header, INDEX_MAP_PARAMETER)
+        stated = bool(text)
+        index_map = IndexMap.from_string(text) if text else IndexMap()
     slice_limit = getattr(limits, index_map.limit_name("slice") or "", None) if limits else None
     system = header.acquisitionSystemInformation
     return ScanInfo(
@@ -217,6 +283,11 @@ def validate_header(header, index_map: IndexMap | None = None) -> ScanInfo:
         spiral=spiral,
         n_samples=n_samples,
         index_map=index_map,
+        index_map_stated=stated,
+        vds=vds,
+        traj_units=traj_units,
+        n_partitions=max(int(matrix.z or 1), 1),
+        fov_z_mm=float(fov.z or 1.0),
     )
 
 
@@ -242,13 +313,15 @@ def is_imaging(acq) -> bool:
 
 class AcquisitionValidator:
     """Turns imaging acquisitions of a stream into `Readout`s, checking each against the header and the
-    first readout; usable on a file (`MrfRawFile.readouts`) or on a Gadgetron connection."""
+    first readout; usable on a file (`MrfRawFile.readouts`) or on a Gadgetron connection. The trajectory's
+    units are the header's `traj_units`, or (auto) detected on the first readout with a `traj` and logged."""
 
     def __init__(self, info: ScanInfo):
         self.info = info
         self.n_samples = info.n_samples
         self.n_channels = info.n_channels
-        self._spiral = design_spiral(info.spiral) if info.spiral is not None else None
+        self.traj_units = None if info.traj_units == "auto" else info.traj_units
+        self.spiral = design_spiral(info.spiral) if info.spiral is not None else None  # the mrf_vds design
 
     @staticmethod
     def _agree(where: str, field: str, value: int, expected: int | None, source: str | None) -> int:
@@ -259,7 +332,9 @@ class AcquisitionValidator:
             )
         return value
 
-    def readout(self, acq, number: int) -> Readout:
+    def checked(self, acq, number: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """An imaging acquisition's data and traj in cycles/FOV (None: to compute from the header's
+        description once its interleave is known), checked against the header and the first readout."""
         info, where = self.info, f"acquisition {number}"
         n_samples, n_channels = int(acq.number_of_samples), int(acq.active_channels)
         if n_samples == 0:
@@ -268,6 +343,37 @@ class AcquisitionValidator:
                                      "the trajectoryDescription" if info.n_samples is not None else None)
         self.n_channels = self._agree(where, "active_channels", n_channels, self.n_channels,
                                       "receiverChannels in the header" if info.n_channels is not None else None)
+        return self._data(acq, where), self._traj(acq, where)
+
+    @property
+    def n_interleaves(self) -> int | None:
+        """Interleaves of the header's description whose indices are bounded (None: unbounded or none)."""
+        spiral, vds = self.info.spiral, self.info.vds
+        if spiral is not None:
+            return spiral.n_interleaves if spiral.rotation == "sequential" else None
+        return vds.interleaves if vds is not None else None
+
+    def check_interleave(self, interleave: int, field: str, where: str) -> None:
+        n_interleaves = self.n_interleaves
+        if interleave < 0 or (n_interleaves is not None and interleave >= n_interleaves):
+            raise RawAcquisitionError(
+                f"{where}: interleave {field} = {interleave} is outside "
+                f"[0, {n_interleaves or 'inf'}) (the interleaves of the trajectoryDescription)"
+            )
+
+    def described_traj(self, interleave, where: str) -> np.ndarray:
+        """The header description's trajectory of interleave(s), cycles/FOV."""
+        if self.spiral is not None:
+            return self.spiral.traj(interleave)
+        try:
+            return self.info.vds.traj(interleave, self.n_samples, self.info.fov_mm)
+        except TrajectoryError as exc:
+            raise RawAcquisitionError(f"{where}: {exc}") from exc
+
+    def readout(self, acq, number: int) -> Readout:
+        """One acquisition as a Readout, its indices where the header's index map says."""
+        info, where = self.info, f"acquisition {number}"
+        data, traj = self.checked(acq, number)
         timepoint = info.index_map.get(acq, "timepoint")
         if not 0 <= timepoint < info.schedule.n_timepoints:
             raise RawAcquisitionError(
@@ -275,21 +381,17 @@ class AcquisitionValidator:
                 f"[0, {info.schedule.n_timepoints}) (the schedule's time points)"
             )
         interleave = info.index_map.get(acq, "interleave")
-        spiral = info.spiral
-        n_interleaves = spiral.n_interleaves if spiral is not None and spiral.rotation == "sequential" else None
-        if interleave < 0 or (n_interleaves is not None and interleave >= n_interleaves):
-            raise RawAcquisitionError(
-                f"{where}: interleave {info.index_map.interleave} = {interleave} is outside "
-                f"[0, {n_interleaves or 'inf'}) (n_interleaves of the trajectoryDescription)"
-            )
+        self.check_interleave(interleave, info.index_map.interleave, where)
         slice_ = info.index_map.get(acq, "slice")
         if slice_ < 0 or (info.n_slices is not None and slice_ >= info.n_slices):
             raise RawAcquisitionError(
                 f"{where}: slice {info.index_map.slice} = {slice_} is outside [0, {info.n_slices or 'inf'}) "
                 "(encodingLimits)"
             )
-        return Readout(number, timepoint, interleave, slice_, self._data(acq, where),
-                       self._traj(acq, interleave, where), int(acq.flags), int(acq.acquisition_time_stamp))
+        if traj is None:
+            traj = self.described_traj(interleave, where)
+        return Readout(number, timepoint, interleave, slice_, data, traj, int(acq.flags),
+                       int(acq.acquisition_time_stamp))
 
     def _data(self, acq, where: str) -> np.ndarray:
         data = np.asarray(acq.data, dtype=np.complex64)
@@ -297,36 +399,46 @@ class AcquisitionValidator:
             raise RawAcquisitionError(f"{where}: data has non-finite samples")
         return data
 
-    def _traj(self, acq, interleave: int, where: str) -> np.ndarray:
+    def _traj(self, acq, where: str) -> np.ndarray | None:
         dims = int(acq.trajectory_dimensions)
         if dims == 0:
-            if self._spiral is None:
+            if not self.info.described:
                 raise RawAcquisitionError(
-                    f"{where}: trajectory_dimensions = 0 (no traj), and the header has no "
-                    f"{TRAJECTORY_ID!r} trajectoryDescription to compute the trajectory from"
+                    f"{where}: trajectory_dimensions = 0 (no traj), and the header has no {TRAJECTORY_ID!r} or "
+                    f"{HARGREAVES_ID!r} trajectoryDescription to compute the trajectory from"
                 )
-            return self._spiral.traj(interleave)
+            return None
         if dims not in (2, 3):
             raise RawAcquisitionError(
-                f"{where}: trajectory_dimensions = {dims}: expected 2 (kx, ky in cycles/FOV) "
-                "or 3 (kx, ky, density weight)"
+                f"{where}: trajectory_dimensions = {dims}: expected 2 (kx, ky) or 3 (kx, ky, density weight)"
             )
-        traj = np.asarray(acq.traj, dtype=np.float32)[:, :2]
+        traj = np.asarray(acq.traj, dtype=np.float64)[:, :2]
         if not np.all(np.isfinite(traj)):
             raise RawAcquisitionError(f"{where}: traj has non-finite values")
-        k_edge = self.info.matrix / 2.0
-        k_reach = float(np.sqrt((traj.astype(np.float64) ** 2).sum(axis=1)).max())
+        k_reach = float(np.sqrt((traj**2).sum(axis=1)).max())
+        info = self.info
+        if self.traj_units is None:
+            try:
+                self.traj_units = detect_units(k_reach, info.matrix, info.fov_mm)
+            except TrajectoryError as exc:
+                raise RawAcquisitionError(f"{where}: {exc}") from exc
+            log.info("traj reaches |k| = %.4g: units %s (detected; set traj_units to choose)", k_reach,
+                     self.traj_units)
+        k_edge = info.matrix / 2.0
+        scale = k_edge / unit_edges(info.matrix, info.fov_mm)[self.traj_units]
+        k_reach *= scale
+        units = f"traj_units {self.traj_units}"
         if k_reach > 1.01 * k_edge:
             raise RawAcquisitionError(
-                f"{where}: traj reaches |k| = {k_reach:.4g}, beyond matrix/2 = {k_edge:g}: the trajectory "
-                "must be in cycles/FOV"
+                f"{where}: traj reaches |k| = {k_reach:.4g} cycles/FOV ({units}), beyond matrix/2 = {k_edge:g}: "
+                "the readouts' units differ, or traj_units is wrong"
             )
         if k_reach < 0.25 * k_edge:
             raise RawAcquisitionError(
-                f"{where}: traj reaches only |k| = {k_reach:.4g} of matrix/2 = {k_edge:g}: a trajectory in "
-                "other units (e.g. normalised to 0.5) must be rescaled to cycles/FOV"
+                f"{where}: traj reaches only |k| = {k_reach:.4g} cycles/FOV ({units}) of matrix/2 = {k_edge:g}: "
+                "the readouts are in other units than the first's, or traj_units is wrong"
             )
-        return traj
+        return (traj * scale).astype(np.float32)
 
 
 # ---- ground truth ----------------------------------------------------------------------------------
@@ -474,7 +586,8 @@ class MrfRawFile:
                 yield acquisition_from_row(row)
 
     def readouts(self) -> Iterator[Readout]:
-        """The imaging readouts, validated (noise and calibration scans are skipped)."""
+        """The imaging readouts, validated (noise and calibration scans are skipped), their indices where the
+        index map says (the header's or the default: layout detection and partitions are the gatherer's)."""
         validator = AcquisitionValidator(self.info)
         for number, acq in enumerate(self.acquisitions()):
             if is_imaging(acq):

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -332,7 +333,11 @@ def default_schedule() -> FispSchedule:
 
 
 def load_schedule(spec: str | Path | None) -> FispSchedule:
-    """A schedule from a file path, or the default for None / 'default' / the default's name."""
+    """A schedule from a file path, or the default for None / 'default' / the default's name; 'NAME[:N]'
+    is its first N time points (the name `FispSchedule.truncated` gives them)."""
     if spec is None or str(spec) in ("default", DEFAULT_SCHEDULE_NAME):
         return default_schedule()
+    match = re.fullmatch(rf"(?:default|{DEFAULT_SCHEDULE_NAME})\[:(\d+)\]", str(spec))
+    if match:
+        return default_schedule().truncated(int(match.group(1)))
     return FispSchedule.load(spec)

@@ -283,6 +283,136 @@ def _uniform_set_dcf(p: SpiralParams, k_bytes: bytes) -> np.ndarray:
     return w
 
 
+# ---- Gadgetron's HargreavesVDS2000 description (Siemens spiral data through siemens_to_ismrmrd) ---------
+HARGREAVES_ID = "HargreavesVDS2000"
+_GAUSS_GAMMA_HZ_PER_G = 4258.0  # Gadgetron's vds GAMMA (Hz/G)
+_VDS_MAX_STEPS = 100_000  # Gadgetron's ngmax
+
+
+@dataclass(frozen=True)
+class HargreavesVds:
+    """Gadgetron's `HargreavesVDS2000` spiral: Hargreaves' vds design as Gadgetron's spiral gadgets compute it.
+
+    interleaves, sampling_time_ns (gradient raster = ADC dwell), max_grad_G_per_cm, max_slew_G_per_cm_per_s,
+    fov_coefficients_cm (FOV(kr) = sum_i c_i kr^i, kr in 1/cm), krmax_per_cm. Conventions (Gadgetron's
+    calculate_vds / create_rotations / calculate_trajectories): forward-Euler integration of kr and theta at
+    the sampling time; the gradient negated and halved, so the trajectory is -k / (2 krmax) in [-0.5, 0.5]
+    (-k FOV in cycles/FOV); interleave j rotated clockwise by 2 pi j / interleaves; sample n at k after n
+    steps (sample 0 at 0).
+    """
+
+    interleaves: int
+    sampling_time_ns: int
+    max_grad_G_per_cm: float
+    max_slew_G_per_cm_per_s: float
+    fov_coefficients_cm: tuple[float, ...]
+    krmax_per_cm: float
+
+    _LONGS = {"interleaves": "interleaves", "SamplingTime_ns": "sampling_time_ns"}
+    _DOUBLES = {"MaxGradient_G_per_cm": "max_grad_G_per_cm", "MaxSlewRate_G_per_cm_per_s": "max_slew_G_per_cm_per_s",
+                "krmax_per_cm": "krmax_per_cm"}
+
+    def __post_init__(self) -> None:
+        for name in ("interleaves", "sampling_time_ns", "max_grad_G_per_cm", "max_slew_G_per_cm_per_s", "krmax_per_cm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise TrajectoryError(f"{HARGREAVES_ID} parameter {name} = {value!r} must be > 0")
+        if not self.fov_coefficients_cm or not self.fov_coefficients_cm[0] > 0:
+            raise TrajectoryError(f"{HARGREAVES_ID} parameter FOVCoeff_1_cm = {self.fov_coefficients_cm[:1]} "
+                                  "must be > 0")
+
+    @classmethod
+    def from_ismrmrd(cls, description) -> HargreavesVds:
+        """From the trajectoryDescription's user parameters; the error names a missing one."""
+        longs = {p.name: int(p.value) for p in description.userParameterLong}
+        doubles = {p.name: float(p.value) for p in description.userParameterDouble}
+        n_fov = longs.get("fov_coefficients", 1)
+        needed = [*cls._LONGS, *cls._DOUBLES, *(f"FOVCoeff_{i}_cm" for i in range(1, n_fov + 1))]
+        missing = [n for n in needed if n not in longs and n not in doubles]
+        if missing:
+            raise TrajectoryError(f"trajectoryDescription {HARGREAVES_ID!r} lacks the parameter {missing[0]!r}")
+        values = {**longs, **doubles}
+        return cls(**{attr: values[name] for name, attr in {**cls._LONGS, **cls._DOUBLES}.items()},
+                   fov_coefficients_cm=tuple(values[f"FOVCoeff_{i}_cm"] for i in range(1, n_fov + 1)))
+
+    @property
+    def n_samples(self) -> int:
+        """Samples of the design (one per gradient raster step until krmax)."""
+        return int(_hargreaves_k(self).size)
+
+    def traj(self, interleave, n_samples: int, fov_mm: float) -> np.ndarray:
+        """Trajectory of interleave(s) in cycles/FOV of `fov_mm` (as `Spiral.traj`); TrajectoryError when the
+        design has fewer samples than the readouts."""
+        k = _hargreaves_k(self)
+        if k.size < n_samples:
+            raise TrajectoryError(
+                f"{HARGREAVES_ID}: the design has {k.size} samples, the readouts {n_samples}: check SamplingTime_ns "
+                f"and krmax_per_cm"
+            )
+        angle = -2.0 * math.pi * np.asarray(interleave, dtype=np.float64) / self.interleaves
+        cycles = np.multiply.outer(np.exp(1j * angle), -k[:n_samples]) * (fov_mm / 10.0)  # -k/(2 krmax) * matrix
+        return np.stack([cycles.real, cycles.imag], axis=-1).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _hargreaves_k(p: HargreavesVds) -> np.ndarray:
+    """k (1/cm, complex) of Hargreaves' design at each step, k[0] = 0 (Gadgetron's calc_vds loop)."""
+    dt = p.sampling_time_ns * 1e-9
+    gamma, n = _GAUSS_GAMMA_HZ_PER_G, p.interleaves
+    kr = krdot = theta = thetadot = 0.0
+    out = [0j]
+    while kr < p.krmax_per_cm and len(out) <= _VDS_MAX_STEPS:
+        fov = sum(c * kr**i for i, c in enumerate(p.fov_coefficients_cm))
+        dfov = sum(i * c * kr ** (i - 1) for i, c in enumerate(p.fov_coefficients_cm) if i)
+        gmax = min(p.max_grad_G_per_cm, 1.0 / gamma / fov / dt)  # the FOV's limit too
+        max_krdot = math.sqrt((gamma * gmax) ** 2 / (1.0 + (2.0 * math.pi * fov * kr / n) ** 2))
+        tpf = 2.0 * math.pi * fov / n
+        if krdot > max_krdot:
+            krdotdot = (max_krdot - krdot) / dt
+        else:  # the slew limit: the larger root of a quadratic in krdotdot
+            qa = 1.0 + tpf**2 * kr * kr
+            qb = 2.0 * tpf**2 * kr * krdot**2 + 2.0 * tpf**2 / fov * dfov * kr * kr * krdot**2
+            qc = ((tpf**2 * kr * krdot**2) ** 2 + 4.0 * tpf**2 * krdot**4 + (tpf * dfov / fov * kr * krdot**2) ** 2
+                  + 4.0 * tpf**2 * dfov / fov * kr * krdot**4 - (gamma * p.max_slew_G_per_cm_per_s) ** 2)
+            disc = qb * qb / (4.0 * qa * qa) - qc / qa
+            krdotdot = -qb / (2.0 * qa) + (math.sqrt(disc) if disc >= 0 else 0.0)
+        thetadotdot = tpf * dfov / fov * krdot**2 + tpf * krdotdot
+        thetadot += thetadotdot * dt
+        theta += thetadot * dt
+        krdot += krdotdot * dt
+        kr += krdot * dt
+        out.append(kr * complex(math.cos(theta), math.sin(theta)))
+    k = np.asarray(out[:-1])  # Gadgetron's trajectory: sample n is k after n steps, one per gradient sample
+    k.setflags(write=False)
+    return k
+
+
+# ---- trajectory units ----------------------------------------------------------------------------
+TRAJ_UNITS = ("cycles_per_fov", "normalised", "cycles_per_m", "rad_per_m")
+_UNIT_WINDOW = (0.6, 1.05)  # a spiral's largest |k| relative to the edge of k-space, for telling units apart
+
+
+def unit_edges(matrix: int, fov_mm: float) -> dict[str, float]:
+    """The edge of k-space (matrix/2 in cycles/FOV) in each unit of TRAJ_UNITS."""
+    fov_m = fov_mm / 1000.0
+    return {"cycles_per_fov": matrix / 2.0, "normalised": 0.5, "cycles_per_m": matrix / (2.0 * fov_m),
+            "rad_per_m": math.pi * matrix / fov_m}
+
+
+def detect_units(k_reach: float, matrix: int, fov_mm: float) -> str:
+    """The one unit in which a trajectory reaching |k| = k_reach ends near the edge of k-space (within
+    _UNIT_WINDOW of it); TrajectoryError, naming the reach and the candidates, when none or several fit."""
+    edges = unit_edges(matrix, fov_mm)
+    fits = [u for u, edge in edges.items() if _UNIT_WINDOW[0] <= k_reach / edge <= _UNIT_WINDOW[1]]
+    if len(fits) != 1:
+        shown = ", ".join(f"{u} {e:.4g}" for u, e in edges.items())
+        raise TrajectoryError(
+            f"traj reaches |k| = {k_reach:.4g}, which {'fits ' + ' and '.join(fits) if fits else 'fits no unit'} "
+            f"(the k-space edge in each: {shown}): give traj_units (--traj-units)"
+        )
+    return fits[0]
+
+
 def nufft_coords(traj, matrix: int) -> tuple[np.ndarray, np.ndarray]:
     """finufft coordinates of trajectory points (..., 2) in cycles/FOV: (rows, columns) in radians,
     i.e. (2 pi ky / N, 2 pi kx / N), flattened, float64; pass them as finufft's (x, y) for an image

@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,6 +78,7 @@ class ScanSettings:
     block_mb: float = 512.0
     seed: int = 0
     index_map: IndexMap = field(default_factory=IndexMap)
+    stack_of_spirals: bool = False
 
     def __post_init__(self) -> None:
         checks = (
@@ -200,7 +201,12 @@ class SimulatedScan:
         self.phantom, self.schedule, self.settings, self.progress = phantom, schedule, settings, progress
         self.spiral: Spiral = design_spiral(spiral_params)
         self.spiral.check_schedule_length(schedule.n_timepoints)
-        self.slice_positions_mm = (np.arange(phantom.n_slices) - (phantom.n_slices - 1) / 2) * settings.slice_spacing_mm
+        if settings.stack_of_spirals:  # partition image z at (z - n // 2) * thickness: the centred kz encoding's
+            offsets = np.arange(phantom.n_slices) - phantom.n_slices // 2
+            self.slice_positions_mm = offsets * settings.slice_thickness_mm
+        else:
+            self.slice_positions_mm = ((np.arange(phantom.n_slices) - (phantom.n_slices - 1) / 2)
+                                       * settings.slice_spacing_mm)
         self.sensitivities = birdcage_sensitivities(settings.n_coils, phantom.matrix, phantom.fov_mm,
                                                     self.slice_positions_mm)
         self.noise_covariance = noise_covariance(self.sensitivities, settings.noise_correlation, settings.seed)
@@ -239,15 +245,17 @@ class SimulatedScan:
             receiverChannels=self.settings.n_coils,
             coilLabel=[xsd.coilLabelType(coilNumber=c, coilName=f"SIM{c:02d}") for c in range(self.settings.n_coils)],
         )
+        n_z = p.n_slices if self.settings.stack_of_spirals else 1
         space = xsd.encodingSpaceType(
-            matrixSize=xsd.matrixSizeType(x=n, y=n, z=1),
-            fieldOfView_mm=xsd.fieldOfViewMm(x=fov, y=fov, z=self.settings.slice_thickness_mm),
+            matrixSize=xsd.matrixSizeType(x=n, y=n, z=n_z),
+            fieldOfView_mm=xsd.fieldOfViewMm(x=fov, y=fov, z=self.settings.slice_thickness_mm * n_z),
         )
         last_interleave = (sp.n_interleaves - 1 if sp.rotation == "sequential"
                            else int(self.spiral.interleaves_of_tr(self.schedule.n_timepoints - 1).max()))
         limits = xsd.encodingLimitsType()
-        for role, maximum in (("timepoint", self.schedule.n_timepoints - 1), ("interleave", last_interleave),
-                              ("slice", p.n_slices - 1)):
+        roles = (("timepoint", self.schedule.n_timepoints - 1), ("interleave", last_interleave),
+                 ("slice", 0 if n_z > 1 else p.n_slices - 1), ("partition", n_z - 1))
+        for role, maximum in roles:
             name = imap.limit_name(role)
             if name is not None:
                 setattr(limits, name, xsd.limitType(minimum=0, maximum=int(maximum), center=0))
@@ -296,20 +304,23 @@ class SimulatedScan:
         slice_ms = inversion_ms + schedule.tr_ms.sum() + self.settings.slice_delay_ms
         first_ms = _START_OF_MEASUREMENT_MS + self.n_noise_readouts * _NOISE_READOUT_SPACING_MS
         per_tr = spiral.params.interleaves_per_tr
+        stack = self.settings.stack_of_spirals
         bar = tqdm(total=self.n_acquisitions, desc="simulate", unit="readout", disable=not self.progress)
-        for s, model in enumerate(self.models):
-            for t_start, t_stop, interleaves in self._blocks(model.rank):
-                kspace = self._kspace_basis(model, s, interleaves)
+        for s in range(len(self.models)):  # a stack of spirals: s is the partition, each a whole train
+            for t_start, t_stop, interleaves in self._blocks(sum(m.rank for m in self.models) if stack
+                                                            else self.models[s].rank):
+                kspace = self._kspace(s, interleaves)
                 position = {j: i for i, j in enumerate(interleaves)}
                 for t in range(t_start, t_stop):
                     for r, j in enumerate(spiral.interleaves_of_tr(t)):
                         started = time.perf_counter()
-                        data = np.tensordot(model.basis[t].astype(np.float32), kspace[:, :, position[j]], axes=1)
+                        data = kspace(t, position[j])
                         if self.noise_sigma:
                             data += correlated_noise(rng, cholesky, self.noise_sigma, spiral.n_samples)
-                        acq = self._acquisition(data, spiral.traj(j), next(counter),
-                                                first_ms + s * slice_ms + pulse_ms[t], s)
-                        self.settings.index_map.set(acq, t, j, s)
+                        # a slab's readouts have its centre's position: partition n // 2 sits at 0
+                        acq = self._acquisition(data, spiral.traj(j), next(counter), first_ms + s * slice_ms
+                                                + pulse_ms[t], len(self.models) // 2 if stack else s)
+                        self.settings.index_map.set(acq, t, j, 0 if stack else s, s if stack else 0)
                         if t == 0 and r == 0:
                             acq.set_flag(ismrmrd.ACQ_FIRST_IN_SLICE)
                         if t == schedule.n_timepoints - 1 and r == per_tr - 1:
@@ -321,6 +332,23 @@ class SimulatedScan:
                         bar.update()
                 del kspace  # before the next block's is made: one block in memory at a time
         bar.close()
+
+    def _kspace(self, s: int, interleaves: list[int]) -> Callable[[int, int], np.ndarray]:
+        """(t, position of the interleave in the block) -> the noiseless readout (C, S) of slice s, or with
+        stack_of_spirals of partition s: the centred orthonormal DFT over the slices' readouts,
+        y_p = sum_z x_z exp(-2 pi i (p - n//2)(z - n//2) / n) / sqrt(n)."""
+        if not self.settings.stack_of_spirals:
+            model, kspace = self.models[s], self._kspace_basis(self.models[s], s, interleaves)
+            return lambda t, i: np.tensordot(model.basis[t].astype(np.float32), kspace[:, :, i], axes=1)
+        n = len(self.models)
+        kspaces = [self._kspace_basis(m, z, interleaves) for z, m in enumerate(self.models)]  # again per partition
+        phase = (np.exp(-2j * np.pi * (s - n // 2) * (np.arange(n) - n // 2) / n) / np.sqrt(n)).astype(np.complex64)
+
+        def partition(t: int, i: int) -> np.ndarray:
+            return sum(phase[z] * np.tensordot(m.basis[t].astype(np.float32), k[:, :, i], axes=1)
+                       for z, (m, k) in enumerate(zip(self.models, kspaces, strict=True)))
+
+        return partition
 
     def _blocks(self, rank: int) -> Iterator[tuple[int, int, list[int]]]:
         """Contiguous TR ranges whose distinct interleaves fit the block_mb budget."""

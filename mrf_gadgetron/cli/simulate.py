@@ -50,6 +50,8 @@ def register(sub) -> None:
     p.add_argument("--index-map", default=None, metavar="SPEC",
                    help="acquisition fields for the indices, e.g. 'timepoint=user_int[0]' (default: "
                    "timepoint=repetition,interleave=kspace_encode_step_1,slice=slice)")
+    p.add_argument("--stack-of-spirals", action="store_true",
+                   help="the slices are the partitions of one slab (kspace_encode_step_2, header matrix z > 1)")
     p.add_argument("--seed", type=int, default=0, help="noise and texture seed")
     p.add_argument("--dataset", default="dataset", help="HDF5 group of the ISMRMRD dataset")
     p.add_argument("--out", required=True, metavar="FILE", help="ISMRMRD HDF5 file to write")
@@ -88,6 +90,7 @@ def run(args) -> int:
         n_coils=args.coils, snr=args.snr if args.snr > 0 else None, noise_correlation=args.noise_correlation,
         n_states=args.states if args.states is not None else DEFAULT_N_STATES, seed=args.seed,
         index_map=IndexMap.from_string(args.index_map) if args.index_map else IndexMap(),
+        stack_of_spirals=args.stack_of_spirals,
     )
     phantom = make_phantom(
         args.phantom, field_t=args.field, batch=args.batch, matrix=args.matrix, fov_mm=args.fov,
