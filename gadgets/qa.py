@@ -24,7 +24,7 @@ from gadgets.properties import read_properties
 from gadgets.runtime import run_gadget
 from gadgets.stage_images import geometry_of, role_of, set_meta
 from mrf_core.io.map_images import ImageGeometry, client_group_name, image_meta, write_images
-from mrf_core.settings import Setting, choice, integer, number, optional_path
+from mrf_core.settings import Setting, choice, integer, number, optional_number, optional_path
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ PROPERTIES = (
     Setting("field", "auto", choice("auto", "1.5", "3"),
             "field strength in T for the reference (auto: the header's systemFieldStrength_T)"),
     Setting("batch", "1", integer(1, 2), "phantom batch (serial <= 41: 1)"),
-    Setting("temperature", "20", number(0.0, 40.0), "phantom temperature in C (reference values are for 20 C)"),
+    Setting("temperature", "", optional_number(0.0, 40.0),
+            "phantom temperature in C (empty: not known; the reference values are for 20 C)"),
     Setting("tolerance_t1", "5", number(0.0), "per-sphere |T1 error| limit in %"),
     Setting("tolerance_t2", "5", number(0.0), "per-sphere |T2 error| limit in %"),
     Setting("min_r2", "0.99", number(0.0, 1.0), "least R^2 of T1 and of T2 over the counted spheres"),
@@ -113,7 +114,7 @@ def analyse(images: list[ismrmrd.Image], header, settings, workdir: Path) -> lis
     """QA of every slice of the collected map images: one figure image per slice."""
     from mrf_core.qa import QAError
     from mrf_core.qa.analysis import QASettings, run_qa
-    from mrf_core.qa.metrics import Tolerances
+    from mrf_core.qa.metrics import Tolerances, format_r2
     from mrf_core.qa.report import summary_rgb, write_report
     from mrf_core.qa.trends import TrendStore
 
@@ -135,8 +136,8 @@ def analyse(images: list[ismrmrd.Image], header, settings, workdir: Path) -> lis
             continue
         verdict = "PASS" if result.passed else "FAIL"
         metrics = result.evaluation.metrics
-        comment = (f"{verdict}: NIST {result.reference.array} R2 T1 {metrics['t1_ms'].r2:.4f} "
-                   f"T2 {metrics['t2_ms'].r2:.4f}")
+        comment = (f"{verdict}: NIST {result.reference.array} R2 T1 {format_r2(metrics['t1_ms'].r2)} "
+                   f"T2 {format_r2(metrics['t2_ms'].r2)}")
         log.info("%s: slice %d: %s; %s", NAME, slice_index, comment, "; ".join(result.evaluation.failures))
         if settings.report_dir is not None:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -13,6 +13,9 @@ lines to the client as TEXT) and put them in image meta (`MRF_Warning`).
 Threads: the gadget processes of a chain share the machine and work on different slices at once (a
 pipeline), so each caps its torch threads (`threads` setting, mrf_core.pipeline.set_threads); reconstruct
 also hands it to finufft (ReconSettings.n_threads).
+
+Progress: a wait longer than ~2 s (a dictionary build, the reconstruction's iterations) logs a line every
+10 s (mrf_core.progress), which Gadgetron's log shows and `mrf replay` prints.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from gadgetron.external.constants import GADGET_MESSAGE_ERROR, GadgetMessageIdentifier, uint64
 
 from gadgets import compat
+from mrf_core import progress
 from mrf_core.pipeline import one_line
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,7 @@ def run_gadget(name: str, connection, body: Callable[[], None]) -> None:
     """Run a gadget's body: register the ERROR writer, log start/end and duration; on an exception send
     ERROR "<name>: <message>" to the host, log it, and re-raise."""
     compat.add_writer(connection, lambda item: isinstance(item, ErrorMessage), write_error)
+    progress.set_default(True)
     start = time.perf_counter()
     log.info("%s: started", name)
     try:

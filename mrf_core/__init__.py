@@ -3,7 +3,7 @@
 Grouped by concern: physics/ (schedule, EPG, dictionaries, temporal basis), recon/ (gather, trajectory,
 NUFFT, coils, subspace reconstruction), mapping/ (matching, networks, maps), io/ (raw files, map images),
 sim/ (phantoms, simulator), qa/ (phantom QA); pipeline and settings join them into the chain the gadgets
-and the command line share.
+and the command line share; progress shows long waits (off unless a caller turns it on).
 """
 
 __version__ = "0.1.0"

@@ -112,7 +112,7 @@ def _fov_z_mm(header) -> float:
 
 
 # ---- dictionary and model ----------------------------------------------------------------------------
-def dictionary_for(schedule: FispSchedule, settings, progress: bool = False) -> Dictionary:
+def dictionary_for(schedule: FispSchedule, settings, progress: bool | None = None) -> Dictionary:
     """The dictionary of the settings for `schedule`: `dictionary_file` (checked against the schedule), or
     the grid built for it (or read from `dictionary_cache_dir`)."""
     from mrf_core.physics.dictionary import GRIDS, Dictionary, cached_dictionary, percent_grid
@@ -212,7 +212,7 @@ class Reconstruction:
     """One scan's reconstruction: the header checked, the basis chosen; `slices(acquisitions)` yields each
     slice's SliceCoefficients as soon as its readouts are complete."""
 
-    def __init__(self, header, settings, progress: bool = False):
+    def __init__(self, header, settings, progress: bool | None = None):
         self.settings = settings
         self.progress = progress
         self.info = scan_info(header, settings)
@@ -389,7 +389,7 @@ class Mapping:
         return SliceOutput(slice_, None, warnings)
 
 
-def run_scan(header, acquisitions: Iterable, settings, progress: bool = False) -> Iterator[SliceOutput]:
+def run_scan(header, acquisitions: Iterable, settings, progress: bool | None = None) -> Iterator[SliceOutput]:
     """The whole pipeline in this process: each slice reconstructed and mapped as its readouts complete."""
     set_threads(settings.threads)
     reconstruction = Reconstruction(header, settings, progress)

@@ -93,6 +93,12 @@ def number(low: float, high: float | None = None, low_open: bool = False) -> Cal
     return parse
 
 
+def optional_number(low: float, high: float | None = None) -> Callable[[str], float | None]:
+    """A number in [low, high], or None when empty."""
+    parse = number(low, high)
+    return lambda value: parse(value) if value.strip() else None
+
+
 def boolean(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("true", "1", "yes", "on"):

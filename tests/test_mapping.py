@@ -25,7 +25,7 @@ SCHEDULE = default_schedule().truncated(32)
 
 
 def tiny_config(arch: str, **changes) -> TrainConfig:
-    values = dict(arch=arch, n_train=256, n_val=64, epochs=1, batch_size=64, table_nodes=9, n_states=10,
+    values = dict(arch=arch, rank=5, n_train=256, n_val=64, epochs=1, batch_size=64, table_nodes=9, n_states=10,
                   basis_step_pct=25.0, progress=False, space=ParameterSpace((20.0, 3000.0), (5.0, 500.0)))
     values.update(changes)
     return TrainConfig(**values)

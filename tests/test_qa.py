@@ -178,7 +178,9 @@ def test_bad_inputs_give_clear_messages(tmp_path):
 
 def test_references_temperature_and_measurable_spheres(tmp_path):
     plain = nist_qa_reference("t1", 3.0, 1)
-    assert plain.value(1, "t1_ms") == 1989 and plain.temperature_C == 20 and not plain.notes
+    assert plain.value(1, "t1_ms") == 1989 and plain.temperature_C is None and not plain.notes  # not given
+    assert "not given: assumed 20 C" in plain.temperature_text()
+    assert plain.to_json()["temperature_C"] is None and plain.to_json()["reference_temperature_C"] == 20
     warm = nist_qa_reference("t1", 3.0, 1, temperature_C=23.0)
     assert warm.values_ms == plain.values_ms and not warm.temperature_corrected and "20 C" in warm.notes[0]
     csv_path = tmp_path / "coef.csv"

@@ -13,6 +13,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+import mrf_core
 from mrf_core.qa import QAError
 from mrf_core.qa.analysis import run_qa
 from mrf_core.qa.report import summary_rgb, write_report
@@ -97,8 +98,12 @@ def test_report_html_is_self_contained_and_json_is_complete(tmp_path):
 
     data = _no_nan(paths["json"].read_text())
     assert data["schema"] == "mrf-qa-result/1" and data["passed"] is False
-    assert data["phantom"] == {"name": "nist", "array": "NiCl2", "field_T": 3.0, "batch": 1, "temperature_C": 20.0,
-                               "temperature_corrected": False, "notes": []}
+    assert data["phantom"] == {"name": "nist", "array": "NiCl2", "field_T": 3.0, "batch": 1, "temperature_C": None,
+                               "reference_temperature_C": 20.0, "temperature_corrected": False, "notes": [],
+                               "temperature_assumption": "Phantom temperature not given: assumed 20 C, the "
+                               "reference values' temperature."}
+    assert data["software"] == {"name": "mrf-gadgetron", "version": mrf_core.__version__}
+    assert f"mrf-gadgetron {mrf_core.__version__}" in paths["html"].read_text()
     assert set(data["metrics"]) == {"t1_ms", "t2_ms"}
     for q in ("t1_ms", "t2_ms"):
         assert {"r2", "lins_ccc", "bias_pct", "ba_lower_pct", "ba_upper_pct", "mean_cv_pct", "passed"} <= set(

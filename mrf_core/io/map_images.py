@@ -13,8 +13,9 @@ the date and time, as the client names it) holds `image_<series>/{header,attribu
 
 from __future__ import annotations
 
+import datetime
 import logging
-import time
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,18 +151,46 @@ def image_meta(image: ismrmrd.Image) -> dict[str, str | list[str]]:
 
 
 def client_group_name() -> str:
-    """The group name `gadgetron_ismrmrd_client` gives a run: its local date and time."""
-    return time.strftime("%Y-%m-%d %H:%M:%S")
+    """The group name the ISMRMRD clients give a run: its local date and time, to the microsecond."""
+    return datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def write_images(path: str | Path, images: list[ismrmrd.Image], group: str | None = None) -> str:
-    """Write images to a new ISMRMRD file as `<group>/image_<series>` (written whole or not at all);
-    returns the group name."""
+def check_new_group(path: str | Path, group: str | None, force: bool = False) -> None:
+    """Before the work: `path` may be new or an HDF5 file (the run is appended as a new group, as the
+    clients do), and must not hold `group` already unless force (which replaces that group)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not h5py.is_hdf5(path):
+        if force:
+            return
+        raise MapsError(f"{path} exists and is not an HDF5 file: choose another output name, or --force to "
+                        "overwrite it")
+    if group is not None and not force:
+        with h5py.File(path, "r") as f:
+            if group in f:
+                raise MapsError(f"{path} already holds the group {group!r}: choose another group (-G/--group) "
+                                "or --force to replace it")
+
+
+def write_images(path: str | Path, images: list[ismrmrd.Image], group: str | None = None,
+                 force: bool = False) -> str:
+    """Write images as `<group>/image_<series>` (written whole or not at all); returns the group name. An
+    existing map file keeps its groups and gets this one added, as the ISMRMRD clients append runs; a group
+    of the same name is an error unless force (replaced)."""
     group = group or client_group_name()
     if not images:
         raise MapsError(f"no images to write to {path}")
+    check_new_group(path, group, force)
+    path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.unlink()
+        if path.exists() and h5py.is_hdf5(path):
+            shutil.copyfile(path, tmp)
+            with h5py.File(tmp, "a") as f:
+                if group in f:
+                    del f[group]
+        else:
+            tmp.unlink()
         dataset = ismrmrd.Dataset(str(tmp), group, create_if_needed=True)
         try:
             for image in images:
@@ -198,9 +227,14 @@ def read_map_file(path: str | Path, group: str | None = None) -> MapFile:
     try:
         with h5py.File(path, "r") as f:
             groups = _image_groups(f)
+            raw = [name for name, item in f.items() if isinstance(item, h5py.Group) and "data" in item]
     except OSError as exc:
         raise MapsError(f"{path} is not an HDF5 map file: {exc}") from exc
     if group is None:
+        if not groups and raw:
+            raise MapsError(f"{path} holds raw acquisitions (group {raw[0]!r}), not maps: reconstruct it first, "
+                            f"`mrf reconstruct {path} -o maps.h5` or `mrf replay {path} -c mrf_default.xml -o "
+                            "maps.h5`, then run this on maps.h5")
         if not groups:
             raise MapsError(f"{path} has no group with image_<series> entries: not a map file")
         group = groups[-1]

@@ -540,6 +540,8 @@ class MrfRawFile:
 
     def __init__(self, path: str | Path, dataset: str = "dataset", index_map: IndexMap | None = None):
         self.path = Path(path)
+        if not self.path.is_file():
+            raise RawDataError(f"raw file {self.path} does not exist")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mrf_core.physics.dictionary import Dictionary, DictionaryError
 from mrf_core.physics.epg import default_device
+from mrf_core.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def match(
     max_memory_mb: float = DEFAULT_MAX_MEMORY_MB,
     stride: int = DEFAULT_STRIDE,
     device: str | torch.device | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> MatchResult:
     """Match voxels `data` (..., F) against the dictionary: F = basis rank for domain "subspace" (data are
     coefficients from dictionary.basis.project), F = n_timepoints for "time". numpy or torch input."""
@@ -217,8 +217,8 @@ def match(
     if valid_ids.numel() == 0:
         log.warning("no voxel to match: all %d are masked, zero or non-finite", n_vox)
     block = _voxel_block(n_features, n_columns, max_memory_mb)
-    for lo in tqdm(range(0, valid_ids.numel(), block), desc=f"matching ({search}, {domain})", unit="block",
-                   disable=not progress):
+    for lo in bar(range(0, valid_ids.numel(), block), desc=f"matching ({search}, {domain})", unit="block",
+                  enabled=progress):
         ids = valid_ids[lo : lo + block]
         atom_index[ids], best_sq[ids] = best_of(x[ids])
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mrf_core.mapping.architectures import ARCHITECTURES, build_network
 from mrf_core.mapping.archive import write_archive
@@ -37,6 +36,7 @@ from mrf_core.physics.dictionary import Dictionary, build_dictionary, percent_gr
 from mrf_core.physics.epg import default_device, simulate_fingerprints
 from mrf_core.physics.sequence import FispSchedule
 from mrf_core.physics.temporal_basis import TemporalBasis
+from mrf_core.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ _AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class TrainConfig:
     arch: str = "mlp"
     input_kind: str | None = None  # None: the architecture's default (ARCHITECTURES)
-    rank: int = 5  # coefficient models: basis rank
+    rank: int = 10  # coefficient models: basis rank (the reconstruction needs 10 for short T1: README)
     arch_options: dict = field(default_factory=dict)
     space: ParameterSpace = field(default_factory=ParameterSpace)
     n_train: int = 100_000
@@ -105,11 +105,12 @@ class TrainingSet:
 
 
 def simulate_set(schedule: FispSchedule, space: ParameterSpace, n: int, rng: np.random.Generator,
-                 basis: TemporalBasis | None, n_states: int = 50, device=None, progress: bool = False) -> TrainingSet:
+                 basis: TemporalBasis | None, n_states: int = 50, device=None,
+                 progress: bool | None = None) -> TrainingSet:
     """n random tissues and their fingerprints (projected on `basis` when given), in chunks."""
     params = space.sample(n, rng)
     signals, mean_abs = [], []
-    for lo in tqdm(range(0, n, _SIM_CHUNK), desc="EPG", unit="chunk", disable=not progress):
+    for lo in bar(range(0, n, _SIM_CHUNK), desc="EPG of the training tissues", unit="chunk", enabled=progress):
         p = params[lo : lo + _SIM_CHUNK]
         fps = simulate_fingerprints(schedule, p[:, 0], p[:, 1], p[:, 2] if p.shape[1] > 2 else 1.0,
                                     n_states=n_states, device=device).cpu()
@@ -212,8 +213,8 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=max(2, config.patience // 3))
     best_loss, best_state, best_epoch, stale, history = math.inf, None, 0, 0, []
     deadline = math.inf if config.max_minutes is None else start + 60 * config.max_minutes
-    bar = tqdm(range(config.epochs), desc=f"train {config.arch}", unit="epoch", disable=not config.progress)
-    for epoch in bar:
+    epochs = bar(range(config.epochs), desc=f"training {config.arch}", unit="epoch", enabled=config.progress)
+    for epoch in epochs:
         module.train()
         order = torch.randperm(config.n_train, generator=gen)
         total, seen = 0.0, 0
@@ -236,7 +237,8 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
             _predict_normalised(module, val_re.to(device), val_im.to(device)).cpu(), y_val))
         history.append({"epoch": epoch + 1, "train_loss": total / seen, "val_loss": val_loss, "signals": seen,
                         "lr": optimiser.param_groups[0]["lr"]})
-        bar.set_postfix(train=f"{history[-1]['train_loss']:.2e}", val=f"{val_loss:.2e}", lr=f"{history[-1]['lr']:.0e}")
+        epochs.set_postfix(train=f"{history[-1]['train_loss']:.2e}", val=f"{val_loss:.2e}",
+                           lr=f"{history[-1]['lr']:.0e}")
         if val_loss < best_loss * (1 - 1e-3):
             best_loss, best_state, best_epoch, stale = val_loss, copy.deepcopy(module.state_dict()), epoch + 1, 0
         else:
@@ -248,7 +250,7 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
         if time.perf_counter() > deadline:
             log.info("time budget of %g min reached after epoch %d", config.max_minutes, epoch + 1)
             break
-    bar.close()
+    epochs.close()
     module.load_state_dict(best_state)
     module.eval()
     module.to("cpu")

@@ -172,10 +172,13 @@ class Dictionary:
         compressed = (self.compressed @ conversion.real.T).astype(np.float32)
         return replace(self, basis=basis, compressed=compressed)
 
-    def describe(self) -> str:
+    def describe(self, has_fingerprints: bool | None = None) -> str:
+        """A summary; `has_fingerprints` says what the file holds when they were not loaded."""
         g = self.grid
         b1 = f", B1 {g.b1_axis.min():g}-{g.b1_axis.max():g} ({g.b1_axis.size})" if self.has_b1 else ""
-        storage = "fingerprints + compressed" if self.fingerprints is not None else "compressed only"
+        if has_fingerprints is None:
+            has_fingerprints = self.fingerprints is not None
+        storage = "fingerprints + compressed" if has_fingerprints else "compressed only"
         return (
             f"dictionary on grid {g.name!r}: {self.n_atoms} atoms; T1 {g.t1_axis_ms.min():g}-"
             f"{g.t1_axis_ms.max():g} ms ({g.t1_axis_ms.size}), T2 {g.t2_axis_ms.min():g}-"
@@ -290,20 +293,41 @@ def cache_key(schedule: FispSchedule, grid: DictionaryGrid, n_states: int, rank:
     return f"{schedule.hash}_{grid.name}_{h.hexdigest()[:12]}"
 
 
+def cache_path(schedule: FispSchedule, grid: DictionaryGrid, n_states: int, rank: int, cache_dir: str | Path) -> Path:
+    """Where `cache_dir` keeps the dictionary of these settings (`dict_<cache_key>.h5`)."""
+    return Path(cache_dir) / f"dict_{cache_key(schedule, grid, n_states, rank)}.h5"
+
+
+def describe_grid(grid: DictionaryGrid) -> str:
+    """A grid in words for messages: 'the 5 % grid', 'the oksuz grid with 5 B1 values'."""
+    name = f"{grid.name.removeprefix('percent')} %" if grid.name.startswith("percent") else grid.name
+    b1 = f" with {grid.b1_axis.size} B1 values" if grid.b1_axis.size > 1 else ""
+    return f"the {name} grid{b1}"
+
+
+def store_in_cache(dictionary: Dictionary, rank: int, cache_dir: str | Path) -> Path:
+    """Save the compressed atoms of a dictionary built elsewhere (`mrf dictionary build`) where
+    cached_dictionary looks for them, so `mrf reconstruct`, replay and the gadgets reuse it."""
+    path = cache_path(dictionary.schedule, dictionary.grid, dictionary.n_states, rank, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace(dictionary, fingerprints=None).save(path)
+    return path
+
+
 def cached_dictionary(
     schedule: FispSchedule,
     grid: DictionaryGrid,
     n_states: int = DEFAULT_N_STATES,
     rank: int = 10,
     cache_dir: str | Path | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> Dictionary:
     """The compressed-only dictionary of `grid` for `schedule`: read from `cache_dir` (file
     `dict_<cache_key>.h5`) when it holds it, else built and, with a cache_dir, saved there (atomically, so
     processes building the same key at once cannot corrupt each other). An unusable cached file is rebuilt;
     a cache folder that cannot be written is logged, not an error."""
     start = time.perf_counter()
-    cached = Path(cache_dir) / f"dict_{cache_key(schedule, grid, n_states, rank)}.h5" if cache_dir else None
+    cached = cache_path(schedule, grid, n_states, rank, cache_dir) if cache_dir else None
     if cached is not None and cached.is_file():
         try:
             dictionary = Dictionary.load(cached, schedule=schedule, fingerprints=False)
@@ -312,6 +336,11 @@ def cached_dictionary(
             return dictionary
         except DictionaryError as exc:
             log.warning("cached dictionary %s is unusable (%s); building it again", cached, exc)
+    where = (f"cached as {cached}; later scans of this schedule reuse it" if cached is not None
+             else "not cached (no dictionary cache folder)")
+    log.info("building the dictionary of %s for schedule %s (%d atoms, %d TRs, %d EPG states) once: %s. A "
+             "dictionary file of your own is used with --dictionary-file FILE (gadget property dictionary_file)",
+             describe_grid(grid), schedule.hash, grid.n_atoms, schedule.n_timepoints, n_states, where)
     dictionary = build_dictionary(schedule, grid, n_states=n_states, rank=rank, keep_fingerprints=False,
                                   progress=progress)
     log.info("dictionary built in %.2f s: grid %s, %d atoms, %d TRs, basis rank %d", time.perf_counter() - start,
@@ -335,7 +364,7 @@ def build_dictionary(
     keep_fingerprints: bool = True,
     device: str | torch.device | None = None,
     chunk_atoms: int = DEFAULT_CHUNK_ATOMS,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Dictionary:
     """Simulate every atom of `grid` (in chunks, with a progress bar), then the SVD basis and the compressed
     atoms. `rank` or `residual_energy` choose the basis size (default rank 10)."""

@@ -30,10 +30,10 @@ import math
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mrf_core.errors import MrfError
 from mrf_core.physics.sequence import FispSchedule
+from mrf_core.progress import bar
 
 DEFAULT_N_STATES = 50
 DEFAULT_CHUNK_ATOMS = 4096  # keeps 3 x n_states x chunk float32 states in the L2/L3 caches of a CPU
@@ -159,7 +159,7 @@ def simulate_fingerprints(
     n_states: int = DEFAULT_N_STATES,
     device: str | torch.device | None = None,
     chunk_atoms: int = DEFAULT_CHUNK_ATOMS,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """Real fingerprints of atoms (T1 ms, T2 ms, B1 relative): float32 tensor (n_atoms, n_timepoints), with
     signal = signal_phase(schedule) * fingerprint (the module docstring says why it is real).
@@ -173,7 +173,7 @@ def simulate_fingerprints(
     device = torch.device(device) if device is not None else default_device()
     fingerprints = torch.empty(t1.numel(), schedule.n_timepoints, device=device)
     chunks = [ids[i : i + chunk_atoms] for ids in _b1_groups(b1) for i in range(0, ids.numel(), chunk_atoms)]
-    for ids in tqdm(chunks, desc="EPG", unit="chunk", disable=not progress or len(chunks) < 2):
+    for ids in bar(chunks, desc="EPG fingerprints", unit="chunk", enabled=progress if len(chunks) > 1 else False):
         fingerprints[ids.to(device)] = _simulate_chunk(schedule, t1[ids], t2[ids], b1[ids], n_states, device).T
     return fingerprints
 

@@ -19,6 +19,8 @@ import numpy as np
 
 from mrf_core.errors import MrfError
 
+DEFAULT_RANK = 10  # basis rank when neither a rank nor a residual energy is asked for
+
 
 class BasisError(MrfError):
     """A basis that does not fit the data or request: the message names the field and value."""
@@ -136,7 +138,7 @@ def basis_from_fingerprints(
             raise BasisError(f"residual_energy = {residual_energy} must be in (0, 1)")
         tail = 1.0 - np.cumsum(eigenvalues) / eigenvalues.sum()
         rank = int(np.argmax(tail <= residual_energy)) + 1
-    rank = 10 if rank is None else rank
+    rank = DEFAULT_RANK if rank is None else rank
     if not 1 <= rank <= n_t:
         raise BasisError(f"rank = {rank} must be in [1, {n_t}]")
     vectors = eigenvectors[:, :rank]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+import mrf_core
 from mrf_core.io.map_images import USHORT_MAX, ImageGeometry, MapFile, read_map_file
 from mrf_core.mapping.maps import MapsError
 from mrf_core.qa import QAError
@@ -85,6 +86,7 @@ class QAResult:
     warnings: list[str] = field(default_factory=list)
     created: str = field(default_factory=lambda: datetime.datetime.now().isoformat(timespec="seconds"))
     geometry: ImageGeometry | None = None  # the analysed slice's position and directions (figures' orientation)
+    software: str = f"mrf-gadgetron {mrf_core.__version__}"
 
     @property
     def passed(self) -> bool:
@@ -105,6 +107,7 @@ class QAResult:
         return _finite_or_null({
             "schema": SCHEMA,
             "created": self.created,
+            "software": {"name": "mrf-gadgetron", "version": mrf_core.__version__},
             "passed": self.passed,
             "failures": self.evaluation.failures,
             "warnings": self.warnings,
@@ -258,6 +261,7 @@ def run_qa(
     if errors:
         warnings.extend(f"not analysed: {e}" for e in errors)
     warnings.extend(saturation_warnings(map_file, reference))
+    warnings.extend(quantisation_notes(stats))
     if layout.mirrored:
         warnings.append("the sphere numbering runs anticlockwise: the phantom (or the image) is mirrored")
     missing = [n for n, found in layout.found.items() if not found]
@@ -270,6 +274,19 @@ def run_qa(
               "mapper": _meta_value(map_file, "MRF_Mapper")}
     return QAResult(source, reference, settings, grid, layout, radius_mm, stats, evaluation, maps, score, warnings,
                     geometry=map_file.geometry.get(slice_index))
+
+
+def quantisation_notes(stats: dict[int, dict[str, RoiStats]]) -> list[str]:
+    """ROIs whose voxels all hold one value (CV 0 %): a dictionary mapper returns grid values, so the
+    variation inside is below one grid step, not absent."""
+    notes = []
+    for q in QUANTITIES:
+        flat = [n for n in sorted(stats) if q in stats[n] and stats[n][q].n_mapped > 1 and stats[n][q].std == 0]
+        if flat:
+            notes.append(f"{q[:2].upper()} ROI CV 0 % at spheres {', '.join(map(str, flat))}: every voxel holds the "
+                         "same value, one point of the mapper's grid (a dictionary's T1/T2 step), so the variation "
+                         "is below one grid step, not zero")
+    return notes
 
 
 def saturation_warnings(map_file: MapFile, reference: Reference) -> list[str]:

@@ -27,6 +27,15 @@ from mrf_core.qa.roi import RoiStats
 QUANTITY_LABELS = {"t1_ms": "T1", "t2_ms": "T2"}
 
 
+def format_r2(r2: float) -> str:
+    """R^2 with the digits that tell it from 1 (0.99998, never a rounded '1.0000'); closer to 1 than five
+    decimals show, as '1 - 3e-07'."""
+    if r2 is None or not math.isfinite(r2):
+        return "-"
+    text = f"{r2:.5f}"
+    return f"1 - {1 - r2:.0e}" if r2 < 1 and text == "1.00000" else text
+
+
 @dataclass(frozen=True)
 class Tolerances:
     """Pass/fail limits: per-sphere |error| in %, the least R^2, the least mapped fraction of an ROI."""

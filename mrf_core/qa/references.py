@@ -71,13 +71,14 @@ class MeasurableRange:
 
 @dataclass(frozen=True)
 class Reference:
-    """Reference values for one array plate: {sphere: {quantity: ms}} at `temperature_C`, whether they
-    were temperature corrected, and notes for the report."""
+    """Reference values for one array plate: {sphere: {quantity: ms}}; the phantom's temperature as given
+    (None: not given, and the 20 C values are used as they are), whether the values were corrected to it,
+    and notes for the report."""
 
     array: str
     field_t: float
     batch: int
-    temperature_C: float
+    temperature_C: float | None
     values_ms: dict[int, dict[str, float]]
     temperature_corrected: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -85,10 +86,22 @@ class Reference:
     def value(self, sphere: int, quantity: str) -> float:
         return self.values_ms[sphere][quantity]
 
+    def temperature_text(self) -> str:
+        """What the comparison assumed about temperature, in one sentence."""
+        table = f"{REFERENCE_TEMPERATURE_C:g} C"
+        if self.temperature_C is None:
+            return f"Phantom temperature not given: assumed {table}, the reference values' temperature."
+        if self.temperature_corrected:
+            return f"Phantom at {self.temperature_C:g} C: reference values corrected from {table}."
+        if self.temperature_C == REFERENCE_TEMPERATURE_C:
+            return f"Phantom at {self.temperature_C:g} C, the reference values' temperature."
+        return f"Phantom at {self.temperature_C:g} C: reference values for {table}, not corrected."
+
     def to_json(self) -> dict:
         return {
             "array": self.array, "field_T": self.field_t, "batch": self.batch,
-            "temperature_C": self.temperature_C, "temperature_corrected": self.temperature_corrected,
+            "temperature_C": self.temperature_C, "reference_temperature_C": REFERENCE_TEMPERATURE_C,
+            "temperature_corrected": self.temperature_corrected, "temperature_assumption": self.temperature_text(),
             "notes": list(self.notes),
         }
 
@@ -130,7 +143,7 @@ def nist_qa_reference(
         raise QAError(str(exc)) from exc
     values = {n: {"t1_ms": t1, "t2_ms": t2} for n, (t1, t2) in table.items()}
     if temperature_C is None or temperature_C == REFERENCE_TEMPERATURE_C:
-        return Reference(array, field_t, batch, REFERENCE_TEMPERATURE_C, values)
+        return Reference(array, field_t, batch, temperature_C, values)
     if not (math.isfinite(temperature_C) and 0.0 <= temperature_C <= 40.0):
         raise QAError(f"temperature {temperature_C} C is outside 0-40 C")
     delta_C = temperature_C - REFERENCE_TEMPERATURE_C

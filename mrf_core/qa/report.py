@@ -22,7 +22,7 @@ import numpy as np
 from mrf_core.io.atomic import atomic_write_text, check_writable
 from mrf_core.plotting import DEFAULT_STYLE, FigureStyle, bbox_inches, draw_map, new_figure, new_subplots
 from mrf_core.qa.analysis import QAResult
-from mrf_core.qa.metrics import QUANTITY_LABELS
+from mrf_core.qa.metrics import QUANTITY_LABELS, format_r2
 from mrf_core.qa.references import QUANTITIES
 
 PASS_COLOUR, FAIL_COLOUR, EXCLUDED_COLOUR = "#1a9850", "#d73027", "#999999"
@@ -83,7 +83,7 @@ def agreement_figure(result: QAResult):
         ax.set_yscale("log")
         ax.set_xlabel(f"reference {QUANTITY_LABELS[quantity]} (ms)")
         ax.set_ylabel(f"measured {QUANTITY_LABELS[quantity]} (ms)")
-        ax.set_title(f"{QUANTITY_LABELS[quantity]}: R^2 {metrics.r2:.4f}, CCC {metrics.lins_ccc:.4f} "
+        ax.set_title(f"{QUANTITY_LABELS[quantity]}: R^2 {format_r2(metrics.r2)}, CCC {metrics.lins_ccc:.4f} "
                      f"({metrics.n_counted} spheres)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, loc="upper left")
@@ -137,7 +137,8 @@ def summary_figure(result: QAResult):
         ax.set_ylim(-limit, limit)
         ax.axhline(0, color="0.3", lw=0.8)
         ax.set_ylabel(f"{QUANTITY_LABELS[quantity]} error (%)")
-        ax.set_title(f"{QUANTITY_LABELS[quantity]}: R^2 {metrics.r2:.4f}, max |error| {metrics.max_abs_error_pct:.1f} %"
+        ax.set_title(f"{QUANTITY_LABELS[quantity]}: R^2 {format_r2(metrics.r2)}, "
+                     f"max |error| {metrics.max_abs_error_pct:.1f} %"
                      f" over {metrics.n_counted} spheres; tolerance +-{metrics.tolerance_pct:g} %", fontsize=10)
         ax.grid(alpha=0.3, axis="y")
     axes[-1].set_xticks(range(1, 15))
@@ -192,8 +193,8 @@ def _metrics_table(result: QAResult) -> str:
         cells = []
         for q in QUANTITIES:
             value = getattr(result.evaluation.metrics[q], name)
-            cells.append(("PASS" if value else "FAIL") if name == "passed" else _fmt(value, digits)
-                         if isinstance(value, float) else str(value))
+            cells.append(("PASS" if value else "FAIL") if name == "passed" else format_r2(value) if name == "r2"
+                         else _fmt(value, digits) if isinstance(value, float) else str(value))
         rows.append(f"<tr><th>{html.escape(label)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return ('<table id="metrics"><thead><tr><th></th><th>T1</th><th>T2</th></tr></thead><tbody>'
             + "".join(rows) + "</tbody></table>")
@@ -231,7 +232,8 @@ def render_html(result: QAResult, style: FigureStyle = DEFAULT_STYLE) -> str:
 <p class="verdict {verdict_css}" id="verdict">{_verdict(result)}</p>
 <p>Maps: {html.escape(source["path"])} (group {html.escape(str(source["group"]))}, slice {source["slice"]},
 mapper {html.escape(str(source.get("mapper")))}); analysed {html.escape(result.created)}.
-Reference at {reference.temperature_C:g} C{" (temperature corrected)" if reference.temperature_corrected else ""}.
+{html.escape(reference.temperature_text())}
+Software: {html.escape(result.software)}.
 Spheres found on {placement.n_found} of 14 blobs; placement: shift ({placement.shift_mm[0]:.1f},
 {placement.shift_mm[1]:.1f}) mm, rotation {placement.rotation_deg:.1f} deg, scale {placement.scale:.3f}
 {"(mirrored)" if placement.mirrored else ""}; fit rms {placement.fit_rms_mm:.2f} mm; ROI radius

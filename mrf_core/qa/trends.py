@@ -5,9 +5,11 @@ Schema (PRAGMA application_id marks the file as ours, user_version is the schema
         results_json)            one row per analysed slice; results_json is the whole results.json
   spheres(scan_id, sphere, quantity, reference_ms, measured_ms, error_pct, roi_std_ms, counted,
           tolerance_pct)         one row per sphere and quantity
-A scan is added in one transaction (its row and its 28 sphere rows, or nothing), so an interrupted or
-failed add never leaves a half scan. A file that is not SQLite, fails SQLite's quick_check, or is
-another application's database is refused with a message, never modified.
+temperature_C is NULL when no phantom temperature was given (schema 2; a schema-1 store, whose column
+was NOT NULL, is converted when opened). A scan is added in one transaction (its row and its 28 sphere
+rows, or nothing), so an interrupted or failed add never leaves a half scan. A file that is not SQLite,
+fails SQLite's quick_check, or is another application's database is refused with a message, never
+modified.
 
 Repeatability: the coefficient of variation of each sphere's measured value over the scans (the
 figure Kato et al. report over 100 days: < 1 % for T1 > 300 ms, < 3 % for T2).
@@ -29,8 +31,8 @@ from mrf_core.qa.analysis import QAResult
 from mrf_core.qa.metrics import QUANTITY_LABELS
 
 APPLICATION_ID = 0x4D524651  # "MRFQ"
-SCHEMA_VERSION = 1
-_SCHEMA = """
+SCHEMA_VERSION = 2
+_SCANS_TABLE = """
 CREATE TABLE scans (
     id INTEGER PRIMARY KEY,
     scan_key TEXT NOT NULL UNIQUE,
@@ -39,10 +41,12 @@ CREATE TABLE scans (
     array TEXT NOT NULL,
     field_T REAL NOT NULL,
     batch INTEGER NOT NULL,
-    temperature_C REAL NOT NULL,
+    temperature_C REAL,
     passed INTEGER NOT NULL,
     results_json TEXT NOT NULL
 );
+"""
+_SCHEMA = _SCANS_TABLE + """
 CREATE TABLE spheres (
     scan_id INTEGER NOT NULL REFERENCES scans(id) ON DELETE CASCADE,
     sphere INTEGER NOT NULL,
@@ -74,12 +78,25 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
+# Group names of the ISMRMRD clients: Python clients write str(datetime.now()), "2025-03-01 21:30:31.764543";
+# gadgetron_ismrmrd_client (boost's to_simple_string) "2025-Mar-01 21:30:31.764543".
+_GROUP_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%b-%d %H:%M:%S.%f", "%Y-%b-%d %H:%M:%S")
+
+
 def scan_time_of(result: QAResult) -> datetime.datetime:
-    """When the scan was made: the map file's group name when it is the client's date and time, else now."""
-    try:
-        return datetime.datetime.strptime(str(result.source.get("group")), "%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return datetime.datetime.now().replace(microsecond=0)
+    """When the scan was made: the map file's group name when it is a client's date and time, else now."""
+    group = str(result.source.get("group")).strip()
+    for form in _GROUP_TIME_FORMATS:
+        try:
+            return datetime.datetime.strptime(group, form)
+        except ValueError:
+            continue
+    return datetime.datetime.now().replace(microsecond=0)
+
+
+def _scan_key(result: QAResult) -> str:
+    source = result.source
+    return f"{Path(source['path']).resolve()}|{source['group']}|{source['slice']}"
 
 
 class TrendStore:
@@ -136,22 +153,48 @@ class TrendStore:
                           "and start a new store")
         if application != APPLICATION_ID:
             raise QAError(f"{self.path} is an SQLite file of another application, not a QA trend store")
-        if version != SCHEMA_VERSION:
+        if version == 1:
+            self._upgrade_from_1()
+        elif version != SCHEMA_VERSION:
             raise QAError(f"trend store {self.path} has schema version {version}; this mrf reads {SCHEMA_VERSION}")
+
+    def _upgrade_from_1(self) -> None:
+        """Schema 1 -> 2 (temperature_C may be NULL), in one transaction: SQLite's way of changing a
+        column, a new table filled from the old one (foreign keys off meanwhile, as SQLite prescribes)."""
+        self.conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            self.conn.executescript(
+                "BEGIN IMMEDIATE;\n" + _SCANS_TABLE.replace("CREATE TABLE scans", "CREATE TABLE scans_2")
+                + "INSERT INTO scans_2 SELECT * FROM scans;\nDROP TABLE scans;\n"
+                "ALTER TABLE scans_2 RENAME TO scans;\n"
+                "CREATE INDEX scans_by_array ON scans(array, field_T, scan_time);\n"
+                f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise QAError(f"cannot upgrade trend store {self.path} to schema {SCHEMA_VERSION}: {exc}") from exc
+        finally:
+            self.conn.execute("PRAGMA foreign_keys = ON")
+
+    def check_new(self, result: QAResult, replace: bool = False) -> None:
+        """An error when the store holds this map file, group and slice already (unless replace): asked
+        before any report is written, so a refused scan leaves nothing behind."""
+        old = self.conn.execute("SELECT id FROM scans WHERE scan_key = ?", (_scan_key(result),)).fetchone()
+        if old and not replace:
+            source = result.source
+            raise QAError(f"trend store {self.path} already holds {source['path']} group {source['group']!r} "
+                          f"slice {source['slice']} (scan {old[0]}); --replace to swap it")
 
     def add(self, result: QAResult, scan_time: datetime.datetime | None = None, replace: bool = False) -> int:
         """Append a QA result (one transaction); returns its scan id. The same map file, group and slice
         again is an error unless replace, which swaps the old entry for the new one."""
         scan_time = scan_time or scan_time_of(result)
-        source = result.source
-        key = f"{Path(source['path']).resolve()}|{source['group']}|{source['slice']}"
+        key = _scan_key(result)
         reference = result.reference
         self.conn.execute("BEGIN IMMEDIATE")
         try:
+            self.check_new(result, replace)
             old = self.conn.execute("SELECT id FROM scans WHERE scan_key = ?", (key,)).fetchone()
-            if old and not replace:
-                raise QAError(f"trend store {self.path} already holds {source['path']} group {source['group']!r} "
-                              f"slice {source['slice']} (scan {old[0]}); --replace to swap it")
             if old:
                 self.conn.execute("DELETE FROM scans WHERE id = ?", (old[0],))
             cursor = self.conn.execute(

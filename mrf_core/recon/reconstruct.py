@@ -45,10 +45,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from mrf_core.errors import MrfError
 from mrf_core.physics.temporal_basis import TemporalBasis
+from mrf_core.progress import bar as progress_bar
 from mrf_core.recon.coils import COIL_METHODS, combine_coils, compression_matrix, estimate_coil_maps, noise_whitening
 from mrf_core.recon.gather import SliceData
 from mrf_core.recon.nufft import BACKENDS, DEFAULT_THREADS, Nufft, backend_available
@@ -248,7 +248,7 @@ def _check_slice(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
 
 # ---- pipeline ---------------------------------------------------------------------------------------
 def reconstruct_slice(data: SliceData, basis: TemporalBasis, settings: ReconSettings = ReconSettings(),
-                      progress: bool = False) -> ReconResult:
+                      progress: bool | None = None) -> ReconResult:
     """Coefficient images of one slice by `settings.method` (module docstring). BLAS runs single-threaded
     here: the stages' matrix products are small, and on a busy 2-core machine OpenBLAS's threads took up to
     27 s for a 0.1 s stage (measured); finufft and the FFTs use settings.n_threads."""
@@ -256,7 +256,7 @@ def reconstruct_slice(data: SliceData, basis: TemporalBasis, settings: ReconSett
         return _reconstruct(data, basis, settings, progress)
 
 
-def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings, progress: bool) -> ReconResult:
+def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings, progress: bool | None) -> ReconResult:
     clock, notes = _Clock(), list(data.notes)
     basis = _basis_for(basis, data, settings)
     s = settings
@@ -315,8 +315,8 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
             normal = ToeplitzNormal.compute(sampling, basis.vectors, weighted=s.dcf_weighting,
                                             backend=s.nufft_backend, eps=s.nufft_eps, n_threads=s.n_threads,
                                             device=s.device, cache_dir=s.psf_cache_dir)
-        with clock("iterations"), tqdm(total=s.iterations, desc=f"{s.method} slice {data.slice_index}",
-                                       unit="it", disable=not progress) as bar:
+        with clock("iterations"), progress_bar(total=s.iterations, desc=f"{s.method} slice {data.slice_index}",
+                                               unit="iteration", enabled=progress) as bar:
             def apply(c):
                 return normal.apply(c, maps)
 
@@ -389,7 +389,7 @@ def _largest_block_value(coefficients: np.ndarray, block: int) -> float:
 
 
 def _grid_time_series(kspace: np.ndarray, sampling: SubspaceSampling, coils: np.ndarray, maps: np.ndarray,
-                      n_timepoints: int, s: ReconSettings, progress: bool) -> np.ndarray:
+                      n_timepoints: int, s: ReconSettings, progress: bool | None) -> np.ndarray:
     """Per-time-point images (T, N, N) complex64: each readout gridded with its interleave's density
     (the union DCF x J), coils combined, readouts of one time point averaged."""
     n = sampling.matrix
@@ -398,7 +398,7 @@ def _grid_time_series(kspace: np.ndarray, sampling: SubspaceSampling, coils: np.
     order = np.argsort(sampling.group, kind="stable")
     bounds = np.searchsorted(sampling.group[order], np.arange(sampling.n_interleaves + 1))
     scale = np.float32(sampling.n_interleaves / (n * n))
-    for j in tqdm(range(sampling.n_interleaves), desc="gridding", unit="interleave", disable=not progress):
+    for j in progress_bar(range(sampling.n_interleaves), desc="gridding", unit="interleave", enabled=progress):
         rows = order[bounds[j]:bounds[j + 1]]
         if rows.size == 0:
             continue

@@ -37,12 +37,12 @@ from pathlib import Path
 import finufft
 import ismrmrd
 import numpy as np
-from tqdm.auto import tqdm
 
 from mrf_core.errors import MrfError
 from mrf_core.io.rawio import INDEX_MAP_PARAMETER, TIMESTAMP_TICK_MS, GroundTruth, IndexMap, write_raw
 from mrf_core.physics.epg import DEFAULT_N_STATES, signal_phase, simulate_fingerprints
 from mrf_core.physics.sequence import FispSchedule
+from mrf_core.progress import bar as progress_bar
 from mrf_core.recon.trajectory import GAMMA_HZ_PER_T, Spiral, SpiralParams, design_spiral, nufft_coords
 from mrf_core.sim.coil_sim import birdcage_sensitivities, correlated_noise, noise_covariance
 from mrf_core.sim.phantoms import Phantom
@@ -118,7 +118,8 @@ def _fingerprints(schedule: FispSchedule, atoms: np.ndarray, n_states: int) -> I
 
     Atoms come sorted by B1, so a chunk holds few B1 values and the EPG groups them onto its
     one-rotation-per-TR path (the phantoms quantise B1 for this)."""
-    for lo in range(0, len(atoms), _EPG_CHUNK):
+    for lo in progress_bar(range(0, len(atoms), _EPG_CHUNK), desc="EPG of the phantom's distinct voxels",
+                           unit="chunk"):
         rows = slice(lo, min(lo + _EPG_CHUNK, len(atoms)))
         yield rows, simulate_fingerprints(schedule, atoms[rows, 1], atoms[rows, 2], atoms[rows, 0],
                                           n_states=n_states, device="cpu").numpy()
@@ -189,7 +190,7 @@ class SimulatedScan:
         schedule: FispSchedule,
         spiral_params: SpiralParams,
         settings: ScanSettings = ScanSettings(),
-        progress: bool = False,
+        progress: bool | None = None,
     ):
         if phantom.matrix != spiral_params.matrix or abs(phantom.fov_mm - spiral_params.fov_mm) > 1e-6:
             raise SimulationSetupError(
@@ -305,7 +306,8 @@ class SimulatedScan:
         first_ms = _START_OF_MEASUREMENT_MS + self.n_noise_readouts * _NOISE_READOUT_SPACING_MS
         per_tr = spiral.params.interleaves_per_tr
         stack = self.settings.stack_of_spirals
-        bar = tqdm(total=self.n_acquisitions, desc="simulate", unit="readout", disable=not self.progress)
+        bar = progress_bar(total=self.n_acquisitions, desc="simulating readouts", unit="readout",
+                           enabled=self.progress)
         for s in range(len(self.models)):  # a stack of spirals: s is the partition, each a whole train
             for t_start, t_stop, interleaves in self._blocks(sum(m.rank for m in self.models) if stack
                                                             else self.models[s].rank):
@@ -434,7 +436,7 @@ def simulate_to_file(
     spiral_params: SpiralParams,
     settings: ScanSettings = ScanSettings(),
     dataset: str = "dataset",
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> SimulationReport:
     """Simulate a scan and write it (header, acquisitions, ground truth) atomically to `path`."""
     started = time.perf_counter()

@@ -9,12 +9,11 @@ sphere against the truth. Also, because it is cheap: the fingerprints of five ti
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from mrf_gadgetron.cli import CliError, add_figure_arguments
+from mrf_gadgetron.cli import CliError, HelpFormatter, add_figure_arguments
 
 TISSUES = {"white matter": (830.0, 80.0), "grey matter": (1330.0, 110.0), "CSF": (3500.0, 1500.0),
            "fat": (380.0, 130.0), "muscle": (1410.0, 50.0)}
@@ -24,7 +23,7 @@ N_SPHERES = 14  # NIST plate spheres are labels 1..14 in the phantom
 def register(sub) -> None:
     p = sub.add_parser(
         "demo", help="simulate a NIST phantom scan and reconstruct it through the default gadget chain",
-        description=__doc__.split("\n\n")[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=__doc__.split("\n\n")[1], formatter_class=HelpFormatter)
     p.add_argument("--out", default="out/demo", help="output folder")
     p.add_argument("--config", default="mrf_default.xml", help="stream configuration (file or name)")
     p.add_argument("--matrix", type=int, default=128, help="image matrix of the simulated scan")

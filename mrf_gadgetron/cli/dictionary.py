@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-
-from mrf_gadgetron.cli import CliError
+from mrf_core.settings import BY_NAME
+from mrf_gadgetron.cli import CliError, HelpFormatter
 
 
 def register(sub) -> None:
@@ -12,7 +11,7 @@ def register(sub) -> None:
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     b = dsub.add_parser(
         "build", help="simulate a dictionary on a grid, with its SVD basis, and save it",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         description="Simulate every atom of a T1 x T2 (x B1) grid with the EPG, compute the SVD temporal "
         "basis and the compressed atoms, and save all of it to HDF5 (written whole or not at all).",
     )
@@ -36,6 +35,9 @@ def register(sub) -> None:
                    help="store only the compressed atoms (no time-domain fingerprints): a much smaller file")
     b.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
     b.add_argument("--png", default=None, metavar="FILE", help="also plot the singular values and basis")
+    b.add_argument("--cache-dir", default=BY_NAME["dictionary_cache_dir"].default, metavar="DIR",
+                   help="also keep the compressed atoms in this dictionary cache, where `mrf reconstruct`, `mrf "
+                   "replay` and the gadgets look (same setting dictionary_cache_dir; empty: do not)")
     b.add_argument("-o", "--out", required=True, metavar="FILE", help="output HDF5 file")
     b.set_defaults(func=run_build)
     i = dsub.add_parser("info", help="describe a dictionary file")
@@ -47,8 +49,9 @@ def run_build(args) -> int:
     import numpy as np
 
     from mrf_core.io.atomic import check_writable
-    from mrf_core.physics.dictionary import GRIDS, build_dictionary
+    from mrf_core.physics.dictionary import GRIDS, build_dictionary, store_in_cache
     from mrf_core.physics.sequence import load_schedule
+    from mrf_core.physics.temporal_basis import DEFAULT_RANK
 
     check_writable(args.out)
     schedule = load_schedule(args.schedule)
@@ -71,6 +74,11 @@ def run_build(args) -> int:
     print(d.describe())
     rate = d.n_atoms * schedule.n_timepoints / max(d.build_seconds, 1e-9) / 1e6
     print(f"built in {d.build_seconds:.1f} s ({rate:.1f} M atom*TR/s), written to {args.out}")
+    cache_dir = BY_NAME["dictionary_cache_dir"].parse(args.cache_dir)
+    if cache_dir is not None and args.energy is None:
+        cached = store_in_cache(d, args.rank or DEFAULT_RANK, cache_dir)
+        print(f"also cached as {cached}: `mrf reconstruct`, `mrf replay` and the gadgets with the same grid, "
+              f"states and rank reuse it for schedule {schedule.hash}; other settings: --dictionary-file {args.out}")
     if args.png:
         from mrf_core.plotting import plot_basis
 
@@ -80,10 +88,13 @@ def run_build(args) -> int:
 
 
 def run_info(args) -> int:
+    import h5py
+
     from mrf_core.physics.dictionary import Dictionary
 
-    d = Dictionary.load(args.path, fingerprints=False)
-    print(d.describe())
+    d = Dictionary.load(args.path, fingerprints=False)  # the checks, without reading the fingerprints
+    with h5py.File(args.path, "r") as f:
+        print(d.describe(has_fingerprints="fingerprints" in f))
     print("residual energy by rank: " + ", ".join(
         f"{k}: {d.basis.residual_energy(k):.1e}" for k in (1, 2, 3, 5, 8, 10, 15, 20) if k <= d.schedule.n_timepoints
     ))

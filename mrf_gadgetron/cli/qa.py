@@ -7,9 +7,36 @@ import argparse
 import datetime
 import math
 
-from mrf_gadgetron.cli import add_figure_arguments
+from mrf_gadgetron.cli import HelpFormatter, add_figure_arguments
 
 TREND = "trend"
+
+
+TREND_HELP = """usage: mrf qa trend --store FILE [--array {t1,t2}] [--field {1.5,3}] [-o DIR]
+
+Plot each NIST sphere's T1 and T2 over the scans of a trend store (one PNG per array, field and
+quantity, with the reference and the tolerance band) and print each sphere's CV over the scans.
+
+options:
+  --store FILE       SQLite trend store that `mrf qa MAPS.h5 ... --store FILE` appends to (required)
+  --array {t1,t2}    only this plate (default: every plate in the store)
+  --field {1.5,3}    only this field strength in T (default: every field in the store)
+  -o, --out DIR      folder of the plots (default: qa_report)
+"""
+
+
+class _Help(argparse.Action):
+    """-h: the trend help after `mrf qa trend`, else the analysis help."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, "maps", None) == TREND:
+            print(TREND_HELP, end="")
+        else:
+            parser.print_help()
+        parser.exit()
 
 
 def register(sub) -> None:
@@ -22,8 +49,9 @@ def register(sub) -> None:
         "and write a self-contained HTML report, results.json and summary.png; optionally append the result to "
         "an SQLite trend store. `mrf qa trend --store FILE` plots each sphere's T1 and T2 over the stored scans. "
         "Exit code 2 on an error, and with --exit-code 1 when the phantom fails.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter, add_help=False,
     )
+    p.add_argument("-h", "--help", action=_Help, help="show this help (`mrf qa trend --help`: the trend help)")
     p.add_argument("maps", metavar="MAPS.h5|trend", help="map file to analyse, or the word 'trend'")
     p.add_argument("--phantom", choices=("nist",), default="nist", help="phantom")
     p.add_argument("--array", choices=("t1", "t2", "auto"), default=None,
@@ -67,7 +95,7 @@ def run(args) -> int:
 def _analyse(args) -> int:
     from mrf_core.plotting import FigureStyle
     from mrf_core.qa.analysis import QASettings, run_qa
-    from mrf_core.qa.metrics import QUANTITY_LABELS, Tolerances
+    from mrf_core.qa.metrics import QUANTITY_LABELS, Tolerances, format_r2
     from mrf_core.qa.references import load_temperature_coefficients
     from mrf_core.qa.report import write_report
     from mrf_core.qa.trends import TrendStore
@@ -84,6 +112,8 @@ def _analyse(args) -> int:
     try:
         result = run_qa(args.maps, args.array, args.field, args.batch, args.temperature, coefficients, settings,
                         args.group)
+        if store is not None:
+            store.check_new(result, args.replace)  # a refused scan writes no report
         paths = write_report(result, args.out, style)
         if store is not None:
             scan_id = store.add(result, scan_time, replace=args.replace)
@@ -103,7 +133,7 @@ def _analyse(args) -> int:
             cells.append(f"{r.reference_ms:8.1f} {r.measured_ms:8.1f} {r.error_pct:+6.1f}{mark or ' '}")
         print(f"{n:>6} " + " ".join(cells))
     for q, m in result.evaluation.metrics.items():
-        print(f"{QUANTITY_LABELS[q]}: R^2 {m.r2:.5f}, CCC {m.lins_ccc:.5f}, bias {m.bias_pct:+.2f} %, "
+        print(f"{QUANTITY_LABELS[q]}: R^2 {format_r2(m.r2)}, CCC {m.lins_ccc:.5f}, bias {m.bias_pct:+.2f} %, "
               f"max |error| {m.max_abs_error_pct:.2f} % over {m.n_counted} spheres (* = not counted)")
     for line in result.warnings:
         print(f"warning: {line}")
@@ -152,4 +182,7 @@ def _trend(args) -> int:
                 cvs = {n: repeatability_cv_pct(points) for n, points in series.items()}
                 text = ", ".join(f"{n}: {cv:.1f}" for n, cv in cvs.items() if math.isfinite(cv)) or "-"
                 print(f"{array} {field_t:g} T {label}: {n_scans} scans -> {path}; CV % per sphere: {text}")
+                if any(cv == 0 for cv in cvs.values()):
+                    print(f"  CV 0.0: the same {label} in every scan, one point of the mapper's grid (a dictionary's "
+                          "step): the scan-to-scan variation is below one grid step, not zero")
     return 0

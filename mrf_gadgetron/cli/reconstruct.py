@@ -56,28 +56,30 @@ def register(sub) -> None:
         "--coefficient-images. The same images as `mrf replay SCAN -c mrf_default.xml`.",
     )
     p.add_argument("scan", help="ISMRMRD raw file (e.g. from mrf simulate)")
-    p.add_argument("-o", "--out", required=True, metavar="FILE", help="maps file to write")
+    p.add_argument("-o", "--out", required=True, metavar="FILE", help="maps file to write or add a group to")
     p.add_argument("--dataset", default="dataset", help="HDF5 group of the ISMRMRD dataset (default: dataset)")
-    p.add_argument("--group", default=None, help="group name in the maps file (default: date and time)")
-    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("-G", "--group", default=None, help="group name in the maps file (default: date and time)")
+    p.add_argument("--force", action="store_true", help="replace the group of the same name in the maps file "
+                   "(an existing maps file otherwise gets a new group, as gadgetron_ismrmrd_client appends)")
     add_settings_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from mrf_core.io.atomic import check_writable
-    from mrf_core.io.map_images import write_images
+    from mrf_core.io.map_images import check_new_group, write_images
     from mrf_core.io.rawio import MrfRawFile
     from mrf_core.mapping.maps import map_nrmse
     from mrf_core.pipeline import output_images, run_scan
 
     check_writable(args.out)
+    check_new_group(args.out, args.group, args.force)
     settings = settings_of(args)
     started = time.perf_counter()
     images = []
     with MrfRawFile(args.scan, dataset=args.dataset) as raw:
         truth = raw.truth()
-        for output in run_scan(raw.header, raw.acquisitions(), settings, progress=args.progress):
+        for output in run_scan(raw.header, raw.acquisitions(), settings):
             s = output.coefficients.slice_index
             if truth is not None and output.maps is not None:
                 t = truth.phantom
@@ -85,6 +87,6 @@ def run(args) -> int:
                          map_nrmse(output.maps.t1_ms, t.t1_ms[s], t.mask[s]),
                          map_nrmse(output.maps.t2_ms, t.t2_ms[s], t.mask[s]))
             images.extend(output_images(output, settings))
-    group = write_images(args.out, images, args.group)
+    group = write_images(args.out, images, args.group, args.force)
     print(f"wrote {args.out} (group {group!r}): {len(images)} images in {time.perf_counter() - started:.1f} s")
     return 0

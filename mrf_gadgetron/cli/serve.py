@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
+import errno
 import ipaddress
 import logging
 
-from mrf_gadgetron.cli import CliError
+from mrf_gadgetron.cli import CliError, HelpFormatter
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +19,10 @@ def register(sub) -> None:
         "configuration folder) or inline, the header, acquisitions; images come back, errors as a TEXT message "
         "then CLOSE. Each connection runs its stages in its own processes. Example: "
         "gadgetron_ismrmrd_client -p 9002 -c mrf_default.xml -f scan.h5 -o maps.h5",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
-    p.add_argument("--port", type=int, default=9002, help="TCP port (0: any free port)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (0: any free port; default: $MRF_PORT, else 9002)")
     p.add_argument("--config-dir", default=None, metavar="DIR",
                    help="folder that configuration names resolve in (default: $MRF_CONFIG_DIR, else the "
                    "checkout's config_xml/)")
@@ -53,9 +53,12 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from mrf_gadgetron.cli.send import default_port
     from mrf_gadgetron.host.server import DEFAULT_ALLOW, MrfServer, ServerSettings, default_max_memory
     from mrf_gadgetron.host.stream_config import default_config_dir
 
+    if args.port is None:
+        args.port = default_port()
     folder = Path(args.config_dir) if args.config_dir else default_config_dir()
     if not folder.is_dir():
         raise OSError(f"configuration folder {folder} does not exist (use --config-dir or $MRF_CONFIG_DIR)")
@@ -80,7 +83,14 @@ def run(args) -> int:
         loopback = args.host == "localhost"
     if not loopback:
         log.warning("listening on %s: reachable from other machines; the protocol has no authentication", args.host)
-    with MrfServer((args.host, args.port), settings) as server:
+    try:
+        server = MrfServer((args.host, args.port), settings)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(f"port {args.port} on {args.host} is in use (another mrf serve or Gadgetron?): stop it, "
+                           "or choose another port with --port N (--port 0: any free port)") from exc
+        raise
+    with server:
         names = ", ".join(sorted(p.name for p in folder.glob("*.xml"))) or "none yet"
         print(f"mrf serve: listening on {args.host}:{server.port}; configurations in {folder}: {names}", flush=True)
         server.serve_forever()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from mrf_gadgetron.cli import HelpFormatter
 
 
 def register(sub) -> None:
@@ -12,7 +13,7 @@ def register(sub) -> None:
         help="simulate one fingerprint (EPG) and print or plot it",
         description="Simulate one FISP-MRF fingerprint with the EPG simulator and print it (a summary "
         "table, or JSON) or plot it. The signal is F+0 at TE relative to M0 = 1.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--t1", type=float, required=True, metavar="MS", help="T1 in ms")
     p.add_argument("--t2", type=float, required=True, metavar="MS", help="T2 in ms")

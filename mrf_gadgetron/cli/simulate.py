@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
+
+from mrf_gadgetron.cli import HelpFormatter
 
 
 def register(sub) -> None:
@@ -14,7 +15,7 @@ def register(sub) -> None:
         description="Simulate a multi-coil spiral FISP-MRF acquisition of a phantom (EPG per voxel, NUFFT per "
         "readout, correlated noise) and write it as an ISMRMRD HDF5 file whose group <dataset>/mrf_truth holds "
         "the true T1, T2, PD, B1 and label maps, the coil sensitivities and the noise covariance.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--phantom", required=True, metavar="NAME|FILE",
                    help="nist-t1 (NiCl2 array), nist-t2 (MnCl2 array), nist (both, 2 slices), brain, or a maps "
@@ -56,7 +57,6 @@ def register(sub) -> None:
     p.add_argument("--dataset", default="dataset", help="HDF5 group of the ISMRMRD dataset")
     p.add_argument("--out", required=True, metavar="FILE", help="ISMRMRD HDF5 file to write")
     p.add_argument("--png", default=None, metavar="FILE", help="also write a preview figure")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=run)
 
 
@@ -99,7 +99,7 @@ def run(args) -> int:
     )
     print(f"{phantom.name}: {phantom.n_slices} slice(s), {int(phantom.mask.sum())} object voxels; "
           f"{schedule.describe()}")
-    report = simulate_to_file(args.out, phantom, schedule, spiral, settings, args.dataset, args.progress)
+    report = simulate_to_file(args.out, phantom, schedule, spiral, settings, args.dataset)
     print(report.describe())
     if args.png:
         write_preview(args.out, args.png, args.dataset)

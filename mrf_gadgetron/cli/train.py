@@ -35,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("--input", dest="input_kind", choices=("coefficients", "magnitude", "complex"), default=None,
                    help="network input (default: the architecture's: coefficients for mlp, complex for resnet, "
                    "magnitude for the others)")
-    p.add_argument("--rank", type=int, default=None, help="basis rank of a coefficient model (default 5)")
+    p.add_argument("--rank", type=int, default=None, help="basis rank of a coefficient model (default 10)")
     p.add_argument("--option", dest="arch_options", action="append", type=_option, default=None, metavar="KEY=VALUE",
                    help="architecture option, repeatable: width, depth (mlp), hidden, step (gru/lstm), ...")
     p.add_argument("--n-train", type=int, default=None, help="training signals (default 100000)")
@@ -64,7 +64,6 @@ def register(sub) -> None:
                    help="take the basis from this dictionary file (default: a 5 %% grid over the training ranges)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="wall-clock training budget in minutes (checked every 20 batches)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, metavar="FILE", help="output model archive (.pt)")
     p.set_defaults(func=run)
 

@@ -10,5 +10,5 @@ gadgetron.
 Modules: messages (framing, bounded sizes), stream_config (parse and locate configurations), external
 (one stage process), stage_main (a stage process's entry point), chain (a configuration's stages relayed
 in a row), replay (a raw file through a chain into a map file), server (the Gadgetron client protocol on
-a TCP port).
+a TCP port), client (the client's side of that protocol, `mrf send`).
 """

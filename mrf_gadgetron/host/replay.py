@@ -48,6 +48,8 @@ class RawSource:
     def __init__(self, path: str | Path, dataset: str = "dataset"):
         self.path = Path(path)
         self.read_s = 0.0
+        if not self.path.is_file():
+            raise ReplayError(f"raw file {self.path} does not exist")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
@@ -80,8 +82,10 @@ class RawSource:
 
 
 def replay(raw_path: str | Path, config: StreamConfig, out_path: str | Path, group: str | None = None,
-           on_text: Callable[[str], None] | None = None, options: ChainOptions | None = None) -> ReplayResult:
-    """Run `config` on the raw file and write the images to `out_path` (whole or not at all)."""
+           on_text: Callable[[str], None] | None = None, options: ChainOptions | None = None,
+           force: bool = False) -> ReplayResult:
+    """Run `config` on the raw file and write the images to `out_path` (whole or not at all) as a new
+    group (an existing group of that name only with force: map_images.write_images)."""
     from mrf_core.io.map_images import write_images
 
     source = RawSource(raw_path)
@@ -104,7 +108,7 @@ def replay(raw_path: str | Path, config: StreamConfig, out_path: str | Path, gro
         raise ReplayError(f"{config.source} returned no images for {raw_path} ({report.dropped} outputs dropped: "
                           f"no writer accepted them)")
     t0 = time.perf_counter()
-    group = write_images(out_path, images, group)
+    group = write_images(out_path, images, group, force)
     series: dict[int, int] = {}
     for image in images:
         series[image.image_series_index] = series.get(image.image_series_index, 0) + 1
