@@ -222,7 +222,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dictionary_cache_dir", f"{CACHE_HOME}/mrf-gadgetron/dictionaries", optional_path,
             "folder keeping built dictionaries by schedule and settings (empty: no cache)", ("recon", "dictionary")),
     Setting("search", "auto", choice("auto", "exhaustive", "pruned"),
-            "dictionary search (auto: exhaustive up to 10k atoms, exact pruned above)", ("dictionary",)),
+            "dictionary search (auto: the cheaper exact search by a cost model)", ("dictionary",)),
     # output
     Setting("series_base", "1", integer(0, 65000),
             "image_series_index of T1; T2, PD, B1 and quality follow (+1 ... +4)", ("output",)),

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from mrf_core.physics.epg import SimulationError, simulate_fisp
+from mrf_core.physics.epg import SimulationError, simulate_fingerprints, simulate_fisp
 from mrf_core.physics.sequence import FispSchedule, default_schedule
 
 
@@ -127,3 +127,26 @@ def test_rf_phase_rotates_signal_and_dtype():
 def test_bad_tissue_is_named(t1, t2, b1, message):
     with pytest.raises(SimulationError, match=message):
         simulate_fisp(default_schedule().truncated(10), t1, t2, b1, device="cpu")
+
+
+@pytest.mark.parametrize("n_states, inversion", [(2, False), (30, True)])
+def test_numba_kernel_agrees_with_torch_path(n_states, inversion):
+    """The compiled CPU kernel and the torch (GPU) path do the same float32 arithmetic in a different order:
+    each TR rounds every state a few times (<= 8 operations, relative eps each) and the EPG step does not
+    amplify (rotation and relaxation have norm <= 1, |states| <= 1), so they differ by <= 8 eps per TR."""
+    from dataclasses import replace
+
+    schedule = replace(default_schedule().truncated(120), inversion=inversion)
+    rng = np.random.default_rng(3)
+    t1 = np.exp(rng.uniform(np.log(50), np.log(4000), 150))
+    t2 = t1 * rng.uniform(0.02, 0.9, 150)
+    bound = 8 * schedule.n_timepoints * np.finfo(np.float32).eps
+    for b1 in (np.repeat([0.8, 1.0, 1.2], 50), rng.uniform(0.7, 1.3, 150)):  # B1 groups, continuous B1
+        fast = simulate_fingerprints(schedule, t1, t2, b1, n_states=n_states, chunk_atoms=70, backend="numba")
+        ref = simulate_fingerprints(schedule, t1, t2, b1, n_states=n_states, device="cpu", backend="torch")
+        assert np.abs(fast.numpy() - ref.numpy()).max() <= bound
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(SimulationError, match="backend = 'fast' must be one of auto, numba, torch"):
+        simulate_fingerprints(default_schedule().truncated(10), [800.0], [80.0], backend="fast")

@@ -155,3 +155,19 @@ def test_bad_input_is_named(dictionary):
                                        keep_fingerprints=False, device="cpu", progress=False)
     with pytest.raises(DictionaryError, match="compressed-only"):
         match(compressed_only, np.ones((2, 200), np.complex64), domain="time", device="cpu")
+
+
+def test_auto_search_takes_the_cheaper_by_the_cost_model(dictionary, monkeypatch):
+    from mrf_core.mapping import matching
+
+    voxels = noisy_voxels(dictionary, 300, 0.3)
+    sample = torch.as_tensor(voxels * np.conj(dictionary.signal_phase)).to(torch.complex64)
+    atoms = matching._Atoms(dictionary, "time", torch.device("cpu"))
+    chosen, _ = matching._choose_search(atoms, matching.DEFAULT_STRIDE, sample)
+    pruned = matching._ClusterSearch(atoms, matching.DEFAULT_STRIDE).cost_per_voxel(sample)
+    assert chosen == ("pruned" if pruned < atoms.unit.numel() else "exhaustive")
+    auto = match(dictionary, voxels, domain="time", search="auto", device="cpu")
+    np.testing.assert_array_equal(auto.atom_index, match(dictionary, voxels, domain="time", search=chosen,
+                                                         device="cpu").atom_index)
+    monkeypatch.setattr(matching, "_CACHE_BYTES", 0)  # candidates gathered from memory cost ~200 GEMM terms
+    assert matching._choose_search(atoms, matching.DEFAULT_STRIDE, sample)[0] == "exhaustive"

@@ -11,7 +11,10 @@ Searches:
   clusters of neighbouring atoms (see _ClusterSearch) and evaluating only the clusters that can win.
   Its cost falls with noise: clean voxels leave few clusters standing. Its agreement with "exhaustive"
   is measured by benchmarks/bench_matching.py.
-- "auto": exhaustive up to AUTO_EXHAUSTIVE_MAX_ATOMS atoms, pruned above.
+- "auto": the cheaper of the two by a cost model (see _choose_search), so never much slower than the
+  faster one: exhaustive costs atoms x features per voxel; pruned costs the cluster centres plus the
+  members of the clusters its bound keeps, counted on a sample of the voxels. The bound is loose in the
+  time domain (noise and aliasing orthogonal to every atom), so there exhaustive usually wins.
 
 Output per voxel: T1, T2, B1 of the best atom, the complex PD (d^H x / ||d||^2 of the unnormalised
 atom), the score (|d^H x| / (||d|| ||x||), in [0, 1]) and the atom index. Voxels outside `mask`, with a
@@ -33,11 +36,17 @@ from mrf_core.progress import bar
 
 log = logging.getLogger(__name__)
 
-AUTO_EXHAUSTIVE_MAX_ATOMS = 10_000  # bench_matching: at 12k atoms pruned already takes half the time
 DEFAULT_MAX_MEMORY_MB = 1024
 DEFAULT_STRIDE = 6
 _ATOM_BLOCK = 8192  # atoms per block in the exhaustive search: scores of a voxel block stay in cache
-_PAIR_BLOCK = 16384  # (voxel, cluster) pairs evaluated at once in the pruned search (~50 MB float64)
+_PAIR_BYTES = 48 * 2**20  # gathered float64 candidate atoms evaluated at once in the pruned search
+# Cost of scoring one gathered candidate feature (gather, float64 convert and product) in units of one
+# float32 GEMM multiply-add, measured side by side (bench_matching.py --auto, README): ~12 while the atom
+# table stays in cache (the subspace: 10 features), ~200 when candidates come from memory (the time domain:
+# 4 kB per atom). The table fits the cache below _CACHE_BYTES (a typical last-level cache share).
+_GATHER_COST = {"cached": 12.0, "memory": 200.0}
+_CACHE_BYTES = 8 * 2**20
+_AUTO_SAMPLE = 256  # voxels on which auto counts the clusters the bound keeps
 
 
 @dataclass
@@ -134,7 +143,8 @@ class _ClusterSearch:
         self.rho = torch.zeros(counts.numel(), device=device).scatter_reduce_(0, cluster_of, across, "amax")
         self.unit = atoms.unit
 
-    def best(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _seed_and_bound(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The seed's best atom and |d^T x|^2 per voxel, and the (V, C) mask of clusters that can beat it."""
         n_vox = x.shape[0]
         products = (torch.cat([x.real, x.imag]) @ self.centres.T).square_()
         centre_score = products[:n_vox].add_(products[n_vox:]).sqrt_()  # |c^T x|, (V, C)
@@ -146,9 +156,26 @@ class _ClusterSearch:
         norm_sq = x.real.square().sum(1) + x.imag.square().sum(1)
         across = (norm_sq[:, None] - centre_score.square()).clamp_min_(0).sqrt_()
         bound = centre_score.add_(across.mul_(self.rho[None]))
-        voxel, cluster = torch.nonzero(bound.mul_(1 + 1e-5) >= best_sq.sqrt().float()[:, None], as_tuple=True)
-        for lo in range(0, voxel.numel(), _PAIR_BLOCK):
-            v, c = voxel[lo : lo + _PAIR_BLOCK], cluster[lo : lo + _PAIR_BLOCK]
+        return best, best_sq, bound.mul_(1 + 1e-5) >= best_sq.sqrt().float()[:, None]
+
+    def cost_per_voxel(self, sample: torch.Tensor) -> float:
+        """Model cost of best() per voxel (GEMM multiply-add units; module constants), from a sample."""
+        kept = float(self._seed_and_bound(sample)[2].sum()) / max(1, sample.shape[0])
+        n_centres, n_members = self.members.shape
+        n_features = self.unit.shape[1]
+        gather = _GATHER_COST["cached" if self.unit.numel() * 4 <= _CACHE_BYTES else "memory"]
+        return n_centres * n_features + (1 + kept) * n_members * n_features * gather
+
+    def bytes_per_voxel(self) -> int:
+        """Working memory of best() per voxel: centre scores and the seed's gathered float64 atoms."""
+        return 4 * 3 * self.centres.shape[0] + 8 * 2 * self.members.shape[1] * self.unit.shape[1]
+
+    def best(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        best, best_sq, keep = self._seed_and_bound(x)
+        voxel, cluster = torch.nonzero(keep, as_tuple=True)
+        pair_block = max(1, _PAIR_BYTES // (8 * self.members.shape[1] * self.unit.shape[1]))
+        for lo in range(0, voxel.numel(), pair_block):
+            v, c = voxel[lo : lo + pair_block], cluster[lo : lo + pair_block]
             candidates = self.members[c]
             value, where = _scores_of(self.unit, candidates, x[v]).max(dim=1)
             atom = candidates.gather(1, where[:, None]).squeeze(1)
@@ -158,10 +185,25 @@ class _ClusterSearch:
         return best, best_sq
 
 
-def _voxel_block(n_features: int, n_columns: int, max_memory_mb: float) -> int:
-    """Voxels per block so that the block's working arrays (~3 x 4 bytes x columns) fit the budget."""
-    per_voxel = 4 * (3 * n_columns + 4 * n_features)
-    return int(max(64, min(65536, max_memory_mb * 2**20 // per_voxel)))
+def _voxel_block(bytes_per_voxel: int, max_memory_mb: float) -> int:
+    """Voxels per block so that the block's working arrays fit the budget."""
+    return int(max(64, min(65536, max_memory_mb * 2**20 // bytes_per_voxel)))
+
+
+def _choose_search(atoms: _Atoms, stride: int, sample: torch.Tensor) -> tuple[str, _ClusterSearch | None]:
+    """auto: "exhaustive" or "pruned" (with its searcher), whichever the cost model finds cheaper. The
+    sample is a fixed choice of voxels, so the choice (and so the result) is the same run after run."""
+    exhaustive = float(atoms.unit.shape[0] * atoms.unit.shape[1])
+    if sample.shape[0] == 0:
+        return "exhaustive", None
+    try:
+        searcher = _ClusterSearch(atoms, stride)
+    except DictionaryError as exc:  # a grid the clusters do not suit: exhaustive is exact anyway
+        log.info("auto search: exhaustive (%s)", exc)
+        return "exhaustive", None
+    pruned = searcher.cost_per_voxel(sample)
+    log.info("auto search: model cost per voxel exhaustive %.3g, pruned %.3g", exhaustive, pruned)
+    return ("pruned", searcher) if pruned < exhaustive else ("exhaustive", None)
 
 
 @torch.no_grad()
@@ -198,14 +240,18 @@ def match(
             raise DictionaryError(f"mask has shape {tuple(mask_t.shape)} but the data's voxels are {spatial}")
         valid &= mask_t.reshape(-1)
     atoms = _Atoms(dictionary, domain, device)
+    valid_ids = torch.nonzero(valid).flatten()
+    searcher = None
     if search == "auto":
-        search = "exhaustive" if dictionary.n_atoms <= AUTO_EXHAUSTIVE_MAX_ATOMS else "pruned"
+        sample = valid_ids[torch.linspace(0, valid_ids.numel() - 1, min(_AUTO_SAMPLE, valid_ids.numel()),
+                                            device=device).long()]
+        search, searcher = _choose_search(atoms, stride, x[sample])
     if search == "pruned":
-        searcher = _ClusterSearch(atoms, stride)
-        n_columns = 3 * searcher.centres.shape[0]
+        searcher = searcher or _ClusterSearch(atoms, stride)
+        bytes_per_voxel = searcher.bytes_per_voxel() + 16 * n_features
         best_of = searcher.best
     elif search == "exhaustive":
-        n_columns = min(atoms.unit.shape[0], _ATOM_BLOCK)
+        bytes_per_voxel = 4 * (3 * min(atoms.unit.shape[0], _ATOM_BLOCK) + 4 * n_features)
         best_of = functools.partial(_best_exhaustive, atoms.unit)
     else:
         raise ValueError(f"search = {search!r} must be 'auto', 'exhaustive' or 'pruned'")
@@ -213,10 +259,9 @@ def match(
     n_vox = x.shape[0]
     atom_index = torch.full((n_vox,), -1, dtype=torch.long, device=device)
     best_sq = torch.zeros(n_vox, dtype=torch.float64, device=device)
-    valid_ids = torch.nonzero(valid).flatten()
     if valid_ids.numel() == 0:
         log.warning("no voxel to match: all %d are masked, zero or non-finite", n_vox)
-    block = _voxel_block(n_features, n_columns, max_memory_mb)
+    block = _voxel_block(bytes_per_voxel, max_memory_mb)
     for lo in bar(range(0, valid_ids.numel(), block), desc=f"matching ({search}, {domain})", unit="block",
                   enabled=progress):
         ids = valid_ids[lo : lo + block]

@@ -126,11 +126,11 @@ def basis_from_fingerprints(
     residual energy is <= `residual_energy` (default: rank 10)."""
     if rank is not None and residual_energy is not None:
         raise BasisError("give either rank or residual_energy, not both")
+    import scipy.linalg  # here: stage processes that only read a basis skip its import time
+
     gram = gram_of_normalised(fingerprints)
-    eigenvalues, eigenvectors = np.linalg.eigh(gram)
-    order = np.argsort(eigenvalues)[::-1]
-    eigenvalues = np.clip(eigenvalues[order], 0.0, None)
-    eigenvectors = eigenvectors[:, order]
+    # all eigenvalues (for energy queries) but only the kept eigenvectors: a fraction of a full eigh's time
+    eigenvalues = np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
     singular_values = np.sqrt(eigenvalues)
     n_t = gram.shape[0]
     if residual_energy is not None:
@@ -141,7 +141,7 @@ def basis_from_fingerprints(
     rank = DEFAULT_RANK if rank is None else rank
     if not 1 <= rank <= n_t:
         raise BasisError(f"rank = {rank} must be in [1, {n_t}]")
-    vectors = eigenvectors[:, :rank]
+    vectors = scipy.linalg.eigh(gram, subset_by_index=[n_t - rank, n_t - 1], driver="evr")[1][:, ::-1]
     # fix each vector's sign (SVD leaves it free) so that bases are reproducible: largest entry positive
     signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(rank)])
     vectors = (vectors * signs).astype(np.float32)

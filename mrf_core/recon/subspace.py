@@ -41,6 +41,7 @@ import scipy.fft
 
 from mrf_core.errors import MrfError
 from mrf_core.io.atomic import atomic_path
+from mrf_core.jit import njit_cached, numba_threads
 from mrf_core.recon.coils import combine_coils
 from mrf_core.recon.nufft import DEFAULT_EPS, DEFAULT_THREADS, Nufft
 
@@ -204,23 +205,7 @@ class SubspaceOperator:
 
 
 # ---- Toeplitz normal operator -----------------------------------------------------------------------
-def _njit_cached(**options):
-    """numba.njit with its on-disk cache where numba finds a writable cache folder (NUMBA_CACHE_DIR, the
-    package's __pycache__, the user's cache folder), else without one (compiled once per process): numba
-    raises at decoration, so at import, when no cache folder is writable, as for an installed package run
-    by another user with a read-only home."""
-
-    def decorate(func):
-        try:
-            return numba.njit(cache=True, **options)(func)
-        except RuntimeError as exc:  # "cannot cache function ...: no locator available for file ..."
-            log.info("numba: %s is compiled without a cache (%s)", func.__name__, exc)
-            return numba.njit(**options)(func)
-
-    return decorate
-
-
-@_njit_cached(parallel=True)
+@njit_cached(parallel=True)
 def _mix(kernel, x, out):  # pragma: no cover - compiled
     """out[b, k, p] = sum_l kernel[k, l, p] x[b, l, p]: chunks of pixels in parallel."""
     n_b, n_k, n_p = x.shape
@@ -293,26 +278,12 @@ class ToeplitzNormal:
         spectra = scipy.fft.fft(scipy.fft.fft(images, n=2 * n, axis=-1, workers=w), n=2 * n, axis=-2, workers=w)
         mixed = np.empty_like(spectra)
         n_c = spectra.shape[0]
-        with _threads(w):
+        with numba_threads(w):
             _mix(self.kernels.reshape(self.rank, self.rank, -1), spectra.reshape(n_c, self.rank, -1),
                  mixed.reshape(n_c, self.rank, -1))
         out = scipy.fft.ifft(mixed, axis=-2, workers=w, overwrite_x=True)[..., :n, :]
         out = scipy.fft.ifft(out, axis=-1, workers=w, overwrite_x=True)[..., :n]
         return combine_coils(out.transpose(1, 0, 2, 3), coil_maps)
-
-
-class _threads:
-    """Numba's thread count limited for a block (the machine's cores are shared)."""
-
-    def __init__(self, n: int):
-        self.n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
-
-    def __enter__(self):
-        self.previous = numba.get_num_threads()
-        numba.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        numba.set_num_threads(self.previous)
 
 
 def _kernel_key(sampling: SubspaceSampling, gram: np.ndarray, weighted: bool, eps: float) -> str:
