@@ -47,6 +47,11 @@ def register(sub) -> None:
                    help="stage processes of all connections together (default: --max-connections x --max-nodes)")
     p.add_argument("--no-inline", action="store_true",
                    help="refuse configurations sent inline by clients (message 2); names only")
+    p.add_argument("--distributed-worker", action="store_true",
+                   help="serve a Gadgetron <distributed> node (config_xml/mrf_distributed.xml) rather than clients: "
+                   "errors as ERROR messages (the node refuses TEXT), warnings only in this log, connections "
+                   "beyond --max-connections wait instead of being refused, and an <execute> that arrives "
+                   "without its target (Gadgetron drops it) runs the target --allow names for its module")
     p.set_defaults(func=run)
 
 
@@ -76,11 +81,15 @@ def run(args) -> int:
                               client_timeout_s=args.client_timeout, handshake_s=args.handshake_timeout,
                               min_rate=args.min_rate, rate_grace_s=args.rate_grace, max_memory_bytes=memory,
                               allow=DEFAULT_ALLOW + tuple(args.allow or ()), max_nodes=args.max_nodes,
-                              max_stages=args.max_stages, inline_configs=not args.no_inline)
+                              max_stages=args.max_stages, inline_configs=not args.no_inline,
+                              distributed_worker=args.distributed_worker)
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
         loopback = args.host == "localhost"
+    if args.distributed_worker and args.no_inline:
+        raise CliError("--distributed-worker needs inline configurations: a <distributed> node sends its stream "
+                       "as message 2 (drop --no-inline)")
     if not loopback:
         log.warning("listening on %s: reachable from other machines; the protocol has no authentication", args.host)
     try:

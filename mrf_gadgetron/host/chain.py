@@ -35,13 +35,16 @@ class InputError(ChainError):
 class ChainOptions:
     """connect_s: time for a stage to start and connect (interpreter, torch import); io_s: longest
     silence on a stage's socket while it works; exit_s: time for a stage to exit after its CLOSE;
-    grace_s: after a failure, time for the stages to exit by themselves before they are terminated."""
+    grace_s: after a failure, time for the stages to exit by themselves before they are terminated;
+    stage_memory_mib: address space of each stage process (RLIMIT_AS; None: unlimited), so that a scan too
+    large for its machine fails with MemoryError in its stage instead of taking the machine down."""
 
     connect_s: float = 120.0
     io_s: float = 600.0
     exit_s: float = 60.0
     grace_s: float = 1.0
     limits: Limits = Limits()
+    stage_memory_mib: int | None = None
 
 
 @dataclass
@@ -92,7 +95,8 @@ class _Run:
         self.config = config
         self.options = options
         self.on_output = on_output
-        self.stages = [StageProcess(node, options.limits, options.io_s, on_log) for node in config.nodes]
+        self.stages = [StageProcess(node, options.limits, options.io_s, on_log, options.stage_memory_mib)
+                       for node in config.nodes]
         self.errors: list[Exception] = []
         self.lock = threading.Lock()
         self.failed = threading.Event()

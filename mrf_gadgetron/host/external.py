@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mrf_gadgetron.host import stage_main
 from mrf_gadgetron.host.messages import (
     Limits,
     MessageId,
@@ -42,6 +43,7 @@ from mrf_gadgetron.host.messages import (
     encode_string,
     send,
 )
+from mrf_gadgetron.host.stage_main import MEMORY_ENV
 from mrf_gadgetron.host.stream_config import ExternalNode
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ _TAIL_LINES = 40
 # declaration, exactly what Gadgetron sends): expected, so not passed on to clients.
 _NO_CONFIGURATION = "Config parsing failed with error message no element found"
 DEFAULT_LIMITS = Limits()
-STAGE_MAIN = "mrf_gadgetron.host.stage_main"  # `python -m gadgetron` that dies with us (its docstring)
+STAGE_MAIN = stage_main.__name__  # `python -m gadgetron` that dies with us (its docstring)
 
 
 class StageError(Exception):
@@ -73,8 +75,9 @@ class StageProcess:
     of level WARNING while it runs (errors end the stage and are reported as its failure)."""
 
     def __init__(self, node: ExternalNode, limits: Limits = DEFAULT_LIMITS, io_timeout_s: float = 600.0,
-                 on_log: Callable[[str, str, str], None] | None = None):
+                 on_log: Callable[[str, str, str], None] | None = None, memory_mib: int | None = None):
         self.node = node
+        self.memory_mib = memory_mib
         self.label = node.label
         self.limits = limits
         self.io_timeout_s = io_timeout_s
@@ -103,6 +106,8 @@ class StageProcess:
         env["PYTHONPATH"] = os.pathsep.join([p for p in (env.get("PYTHONPATH"), *paths) if p])
         env.setdefault(LOG_LEVEL_ENV, "INFO")
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.memory_mib:
+            env[MEMORY_ENV] = str(int(self.memory_mib))
         python = env.get(PYTHON_ENV) or sys.executable
         command = [python, "-m", STAGE_MAIN, str(os.getpid()), str(port), self.node.module, self.node.target]
         self.times["launched"] = time.perf_counter()

@@ -10,6 +10,11 @@ RootErrorHandler sends them. Each connection runs its own stage processes in its
 scan never touches another; a connection beyond `max_connections` gets a "busy" TEXT and CLOSE. Every
 read has a timeout and every length a limit.
 
+As a worker of a Gadgetron `<distributed>` node (`distributed_worker`, `mrf serve --distributed-worker`) the
+peer is that node, which refuses TEXT: failures go back as ERROR (8, uint64 length) then CLOSE, warnings
+stay in the log, a connection beyond `max_connections` waits for a slot, and an `<execute>` that arrives
+without its target (Gadgetron's serializer drops it) runs the one target `allow` names for its module.
+
 Hostile and careless clients (ServerSettings, `mrf serve` options):
 - memory: items are read as their bytes arrive (never allocated at the claimed size), their declared bytes
   count against one server-wide budget (`max_memory_bytes`, default half of MemTotal) that refuses work
@@ -121,6 +126,13 @@ def is_allowed(module: str, target: str, allow: tuple[str, ...]) -> bool:
     return False
 
 
+def sole_allowed_target(module: str, allow: tuple[str, ...]) -> str | None:
+    """The one target `allow` names for `module` ("module:target"), else None: what a distributed worker
+    runs for an `<execute>` that reached it without its target."""
+    targets = {entry.split(":", 1)[1] for entry in allow if entry.split(":", 1)[0] == module and ":" in entry}
+    return targets.pop() if len(targets) == 1 and "*" not in targets else None
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """config_dir: where configuration names resolve; client_timeout_s: longest silence from a client;
@@ -144,6 +156,7 @@ class ServerSettings:
     max_nodes: int = 8
     max_stages: int | None = None
     inline_configs: bool = True
+    distributed_worker: bool = False
     limits: Limits = Limits()
     chain: ChainOptions = ChainOptions()
 
@@ -195,6 +208,7 @@ class ClientChannel:
         self.peer = peer
         self.reader = MessageReader(sock, peer, settings.limits, budget, settings.min_rate, settings.rate_grace_s)
         self.folders = server_folders(settings)
+        self.worker = settings.distributed_worker
         self._lock = threading.Lock()
         self.closed = False  # the client's CLOSE arrived
         self.broken = False  # framing lost: nothing more can be read
@@ -205,6 +219,14 @@ class ClientChannel:
 
     def send_text(self, text: str) -> None:
         self.send(encode_string(MessageId.TEXT, public_text(text, self.folders)))
+
+    def send_error(self, reason: str) -> None:
+        """A failure as the peer reads it: TEXT "ERROR: ..." for a client (as Gadgetron's RootErrorHandler),
+        ERROR (8, uint64 length) for a distributed node (which reports it as the worker's error)."""
+        if self.worker:
+            self.send(encode_string(MessageId.ERROR, public_text(reason, self.folders), wide=True))
+        else:
+            self.send_text(f"ERROR: {reason}")
 
     def send_item(self, item) -> None:
         self.send(encode_item(item))
@@ -235,7 +257,8 @@ class ClientChannel:
             if not settings.inline_configs:
                 raise StreamConfigError("inline configurations (message 2) are not accepted by this server "
                                         "(mrf serve --no-inline); send a configuration name (message 1)")
-            return parse_stream_config(text, "the configuration sent by the client")
+            targets = (lambda module: sole_allowed_target(module, settings.allow)) if self.worker else None
+            return parse_stream_config(text, "the configuration sent by the client", targets)
         self.broken = True
         raise WireError(f"expected a configuration (message 1 or 2) first, got message {message_name(mid)}")
 
@@ -311,6 +334,9 @@ class ClientChannel:
             except OSError:
                 gone.set()
                 return
+            if not data and self.worker:  # a distributed node never half-closes: it is gone
+                gone.set()
+                return
             if not data and not probed:
                 probed = True
                 try:
@@ -371,6 +397,9 @@ def handle_connection(sock: socket.socket, peer: str, settings: ServerSettings,
         stages = len(config.nodes)
 
         def warn(stage: str, level: str, message: str) -> None:
+            if client.worker:
+                log.warning("%s: [%s] %s: %s", peer, stage, level, message)
+                return
             try:
                 client.send_text(f"[{stage}] {level}: {message}")
             except WireError:
@@ -401,7 +430,7 @@ def handle_connection(sock: socket.socket, peer: str, settings: ServerSettings,
         return f"the client left: {reason}"
     try:
         client.reader.deadline = None
-        client.send_text(f"ERROR: {reason}")
+        client.send_error(reason)
         client.send_close()
         if not (client.closed or client.broken):
             client.drain(settings.drain_s)
@@ -433,12 +462,14 @@ class _Handler(socketserver.BaseRequestHandler):
         busy = None
         if server.state.budget.full:
             busy = "ERROR: server busy (its memory budget is in use, mrf serve --max-memory); try again later"
-        elif not server.slots.acquire(blocking=False):
+        elif not server.slots.acquire(blocking=server.settings.distributed_worker):  # a node does not retry: wait
             busy = f"ERROR: server busy ({server.settings.max_connections} scans running); try again later"
         if busy is not None:
             log.warning("%s: refused: %s", peer, busy)
+            message = (encode_string(MessageId.ERROR, busy.removeprefix("ERROR: "), wide=True)
+                       if server.settings.distributed_worker else encode_string(MessageId.TEXT, busy))
             try:
-                self.request.sendall(encode_string(MessageId.TEXT, busy) + encode_id(MessageId.CLOSE))
+                self.request.sendall(message + encode_id(MessageId.CLOSE))
             except OSError:
                 pass
             return

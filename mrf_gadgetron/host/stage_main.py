@@ -10,6 +10,10 @@ The stage sets this itself, so the launcher, which has threads running, needs no
 with threads). A launcher that died before the call sends no signal: then the parent is no longer the
 launcher's pid and the stage exits at once.
 
+With $MRF_STAGE_MEMORY_MIB set (ChainOptions.stage_memory_mib), the stage limits its own address space
+(RLIMIT_AS) first, so that an allocation beyond it is a MemoryError in the stage, not the machine's
+out-of-memory killer.
+
 Only the standard library is imported before gadgetron (the stage may run under another interpreter).
 """
 
@@ -17,11 +21,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import runpy
 import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+MEMORY_ENV = "MRF_STAGE_MEMORY_MIB"  # set by the launcher (mrf_gadgetron.host.external) from ChainOptions
 USAGE = "usage: python -m mrf_gadgetron.host.stage_main <launcher pid> <port> <module> <target>"
 
 
@@ -36,12 +42,20 @@ def die_with_parent() -> None:
         pass
 
 
+def limit_memory() -> None:
+    """RLIMIT_AS of this process from $MRF_STAGE_MEMORY_MIB (unset or empty: unlimited)."""
+    mib = os.environ.get(MEMORY_ENV, "").strip()
+    if mib:
+        resource.setrlimit(resource.RLIMIT_AS, (int(mib) * 2**20, int(mib) * 2**20))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if len(args) != 4 or not args[0].isdigit():
         sys.exit(USAGE)
     launcher = int(args[0])
     die_with_parent()
+    limit_memory()
     if os.getppid() != launcher:
         sys.exit(f"stage {args[2]}.{args[3]}: its launcher (pid {launcher}) is gone: not starting")
     sys.argv = [sys.argv[0], *args[1:]]

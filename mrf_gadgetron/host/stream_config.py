@@ -1,7 +1,10 @@
 """Gadgetron version-2 stream configurations: parse what we can run, refuse the rest by name, find files.
 
 We run configurations whose `<stream>` holds only `<external>` nodes with `<execute name=".."
-target=".." type="python"/>`: each becomes a process (mrf_gadgetron.host.external). Readers and writers are
+target=".." type="python"/>`: each becomes a process (mrf_gadgetron.host.external). A `<distributed>`
+node's stream runs here in place, as one chain for all its parts (Gadgetron runs it on a local worker
+when no remote one is listed, one connection per part); its readers and writers only concern the
+workers' sockets. Readers and writers are
 Gadgetron's core ones (gadgetron_core_readers / gadgetron_core_writers); the readers say which client
 messages are accepted, the writers which outputs reach the client (the rest are dropped, as Gadgetron
 drops outputs no writer accepts). A stage receives its node's `<configuration>` element exactly as
@@ -23,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +107,8 @@ def _classes(root: ET.Element, section: str, item: str, known: dict, source: str
     return tuple(names)
 
 
-def _external(node: ET.Element, index: int, source: str) -> ExternalNode:
+def _external(node: ET.Element, index: int, source: str,
+              default_target: Callable[[str], str | None] | None = None) -> ExternalNode:
     where = f"{source}: stream node {index + 1} (<external>)"
     if node.find("connect") is not None:
         raise StreamConfigError(f"{where} uses <connect> (an already running module): only <execute> can run here")
@@ -112,13 +117,16 @@ def _external(node: ET.Element, index: int, source: str) -> ExternalNode:
         raise StreamConfigError(f"{where} has no <execute name=.. target=.. type=python/>")
     module, target = execute.get("name", "").strip(), execute.get("target", "").strip()
     language = execute.get("type", "").strip().lower()
+    if module and not target and default_target is not None:
+        target = default_target(module) or ""
     if language != "python":
         raise StreamConfigError(f"{where} has type {language or '(none)'!r}: only python externals run here")
     if not module or not target:
         raise StreamConfigError(f"{where} needs both execute name (module) and target (function or class); "
                                 f"got name={module!r} target={target!r}")
-    for own in ("readers", "writers"):
-        if node.find(own) is not None:
+    for own in ("readers", "writers"):  # empty ones are what Gadgetron writes when it forwards a configuration
+        element = node.find(own)
+        if element is not None and len(element):
             raise StreamConfigError(f"{where} has its own <{own}>: only the default ones are supported")
     configuration = node.find("configuration")
     text = XML_DECLARATION
@@ -128,9 +136,12 @@ def _external(node: ET.Element, index: int, source: str) -> ExternalNode:
     return ExternalNode(module, target, text)
 
 
-def parse_stream_config(text: str | bytes, source: str = "inline") -> StreamConfig:
+def parse_stream_config(text: str | bytes, source: str = "inline",
+                        default_target: Callable[[str], str | None] | None = None) -> StreamConfig:
     """Parse a version-2 configuration; StreamConfigError names what cannot run. A DOCTYPE or ENTITY
-    declaration is refused before parsing (refuse_doctype)."""
+    declaration is refused before parsing (refuse_doctype). `default_target(module)` names the target of
+    an `<execute>` without one (Gadgetron 4 drops the attribute when it forwards a `<distributed>` node's
+    stream to a worker: Config.cpp's XMLSerializer writes `<execute>` with name and type only)."""
     refused = refuse_doctype(text, source)
     if refused:
         raise StreamConfigError(refused)
@@ -150,10 +161,12 @@ def parse_stream_config(text: str | bytes, source: str = "inline") -> StreamConf
     for index, node in enumerate(stream):
         if not isinstance(node.tag, str):
             continue  # comments
-        if node.tag != "external":
-            raise StreamConfigError(f"{source}: stream node {index + 1} is <{node.tag}>; only <external> python "
-                                    f"nodes run without Gadgetron")
-        nodes.append(_external(node, index, source))
+        inner = node.find("stream") if node.tag == "distributed" else None
+        for external in ([node] if inner is None else [n for n in inner if isinstance(n.tag, str)]):
+            if external.tag != "external":
+                raise StreamConfigError(f"{source}: stream node {index + 1} is <{external.tag}>; only <external> "
+                                        f"python nodes (alone or in a <distributed> stream) run without Gadgetron")
+            nodes.append(_external(external, index, source, default_target))
     if not nodes:
         raise StreamConfigError(f"{source}: the <stream> has no <external> nodes")
     readers = _classes(root, "readers", "reader", READERS, source)
