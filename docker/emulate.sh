@@ -80,10 +80,12 @@ echo "emulate.sh: env built and package installed in $((installed - started)) s,
     "$((checked - installed)) s; the env stays in $ENV_DIR"
 
 # 4. RUN_TESTS=1: the test suite against the installed wheel, from a copy of tests/ outside the checkout (so
-# nothing can come from the source tree; the repository's own file checks are skipped there)
+# nothing can come from the source tree; the repository's own file checks are skipped there), with the test
+# extras (nibabel, pydicom, dask) resolved against the image's pins
 if [ "${RUN_TESTS:-0}" = 1 ]; then
     sh "$here/install.sh" --constraints "$ENV_DIR/bin/python" > "$work/constraints.txt"
-    "$ENV_DIR/bin/python" -m pip install --disable-pip-version-check -q -c "$work/constraints.txt" pytest nibabel
+    "$ENV_DIR/bin/python" -m pip install --disable-pip-version-check -q -c "$work/constraints.txt" pytest nibabel \
+        "pydicom>=3.0.1" "dask[distributed]>=2024.1.0"
     cp -R "$root/tests" "$work/tests"
     find "$work/tests" -name __pycache__ -prune -exec rm -rf {} +
     (cd "$work" && HOME="$work" XDG_CACHE_HOME="$work/cache" "$ENV_DIR/bin/python" -m pytest -q -ra \
