@@ -146,10 +146,12 @@ def _reconstruct(path, folder, *flags) -> dict:
 
 def _same_maps(maps, baseline):
     """The same data in another convention: the same maps, up to float32 rounding of the trajectory, which
-    can move a voxel to a neighbouring atom of the 20 % grid: at most 1 % of the voxels further than 1 %."""
+    can move a voxel to a neighbouring atom of the 20 % grid, or a voxel at the mask threshold (mask_fraction
+    of the signal) across it: at most 1 % of the voxels masked differently or further than 1 %."""
     mapped = np.isfinite(baseline["t1"])
     assert mapped.sum() > 200
-    np.testing.assert_array_equal(np.isfinite(maps["t1"]), mapped)
+    assert (np.isfinite(maps["t1"]) != mapped).sum() <= 0.01 * mapped.sum()
+    mapped &= np.isfinite(maps["t1"])
     for key in ("t1", "t2"):
         off = np.abs(maps[key][mapped] - baseline[key][mapped]) > 0.01 * baseline[key][mapped]
         assert off.mean() <= 0.01, key

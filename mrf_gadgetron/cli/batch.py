@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from mrf_gadgetron.cli import HelpFormatter
 
 
 def register(sub) -> None:
@@ -15,7 +16,7 @@ def register(sub) -> None:
         "the others go on; --resume skips scans whose output was made from the same input and settings. Writes "
         "summary.csv, summary.json, summary.jsonl and index.html in --out. Needs the batch extra: "
         "pip install 'mrf-gadgetron[batch]'.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("source", metavar="FOLDER|GLOB|MANIFEST.csv",
                    help="a folder of raw *.h5 files, a glob pattern (quoted), or a manifest CSV with columns raw, "
@@ -49,7 +50,6 @@ def register(sub) -> None:
     p.add_argument("--store", default=None, metavar="FILE", help="trend store for --qa results")
     p.add_argument("--io-timeout", type=float, default=600.0, metavar="S",
                    help="longest silence allowed on a stage's socket")
-    p.add_argument("--quiet", action="store_true", help="print the summary only, not each scan")
     p.set_defaults(func=run)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from mrf_gadgetron.cli import HelpFormatter
 
 
 def register(sub) -> None:
@@ -14,7 +14,7 @@ def register(sub) -> None:
         "<map>.nii.gz per map (float32, RAS affine), --dicom DIR one MR image per map and slice (<map>/slice_N.dcm, "
         "uint16 with rescale slope and real-world value mapping). Positions and directions come from the images; "
         "units and display windows are carried. NIfTI needs the 'nifti' extra, DICOM the 'dicom' extra.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("maps", metavar="MAPS.h5", help="map file")
     p.add_argument("--nifti", default=None, metavar="DIR", help="write NIfTI files into DIR")
