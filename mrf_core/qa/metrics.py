@@ -216,6 +216,6 @@ def evaluate(
     failures = [r.failure for r in spheres if r.failure]
     for q, m in metrics.items():
         if not (math.isfinite(m.r2) and m.r2 >= tolerances.min_r2):
-            failures.append(f"{QUANTITY_LABELS[q]}: R^2 {m.r2:.4f} over {m.n_counted} spheres "
+            failures.append(f"{QUANTITY_LABELS[q]}: R^2 {format_r2(m.r2)} over {m.n_counted} spheres "
                             f"(< {tolerances.min_r2:g})")
     return Evaluation(spheres, metrics, all(m.passed for m in metrics.values()), failures)
