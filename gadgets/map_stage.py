@@ -83,7 +83,7 @@ def _map_one(image, context: ScanContext, mapper, fallback: bool) -> Iterator:
     try:
         coefficients, basis_hash = read_coefficients(image)
         schedule = context.schedules.get(basis_hash) or context.schedule
-        maps = map_slice(mapper, coefficients, context.basis(basis_hash), schedule, slice_index)
+        maps = map_slice(mapper, coefficients, context.basis(basis_hash), schedule, slice_index, geometry_of(image))
     except Exception as exc:
         if not fallback:
             raise

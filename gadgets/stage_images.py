@@ -8,7 +8,8 @@
 - coefficient image (`SubspaceCoefficients`): mrf_core.io.map_images.coefficient_image; K complex channels;
   voxels outside the object mask are 0 (mappers leave all-zero voxels unmapped).
 - maps bundle (`MRFMaps`): a slice's QuantitativeMaps as one float32 image, a channel per quantity (keys
-  in MRF_Quantities, NaN unmapped), MRF_Mapper; the emit gadget turns it into scanner map images.
+  in MRF_Quantities, NaN unmapped), MRF_Mapper, the maps' B1 and slice-profile meta; the emit gadget turns
+  it into scanner map images.
 Geometry (position, directions, FOV) and the slice index ride in every image header.
 `MRF_Warning` (list) collects warnings about an image (e.g. why the network did not map it).
 """
@@ -22,7 +23,14 @@ import numpy as np
 
 from mrf_core.errors import MrfError
 from mrf_core.io.map_images import ImageGeometry, image_meta
-from mrf_core.mapping.maps import QUANTITY_BY_KEY, MapsError, QuantitativeMaps
+from mrf_core.mapping.maps import (
+    B1_META,
+    B1_SOURCE_META,
+    PROFILE_META,
+    QUANTITY_BY_KEY,
+    MapsError,
+    QuantitativeMaps,
+)
 from mrf_core.physics.sequence import FispSchedule
 from mrf_core.physics.temporal_basis import TemporalBasis
 from mrf_core.pipeline import WARNING_KEY, ascii_text
@@ -130,7 +138,8 @@ def maps_bundle(maps: QuantitativeMaps, geometry: ImageGeometry, series: int = 0
     head.slice = maps.slice_index
     head.image_type = ismrmrd.IMTYPE_MAGNITUDE
     image.setHead(head)
-    meta = {"DataRole": MAPS_ROLE, "MRF_Quantities": list(arrays), MAPPER_KEY: maps.mapper}
+    meta = {"DataRole": MAPS_ROLE, "MRF_Quantities": list(arrays), MAPPER_KEY: maps.mapper,
+            **maps.corrections_meta()}
     if warnings:
         meta[WARNING_KEY] = [ascii_text(w) for w in warnings]
     return set_meta(image, meta)
@@ -143,8 +152,13 @@ def read_maps_bundle(image: ismrmrd.Image) -> QuantitativeMaps:
     if len(keys) != data.shape[0] or any(k not in QUANTITY_BY_KEY for k in keys):
         raise StageImageError(f"maps bundle lists quantities {keys} for {data.shape[0]} channels")
     arrays = dict(zip(keys, data, strict=True))
+    corrections = {"b1_correction": (as_list(meta.get(B1_META)) or ["none"])[0],
+                   "b1_source": (as_list(meta.get(B1_SOURCE_META)) or [""])[0],
+                   "slice_profile": (as_list(meta.get(PROFILE_META)) or [""])[0]}
+    if corrections["slice_profile"] == "none":
+        corrections["slice_profile"] = ""
     try:
         return QuantitativeMaps(slice_index=int(image.getHead().slice), mapper=as_list(meta.get(MAPPER_KEY))[0],
-                                **arrays)
+                                **arrays, **corrections)
     except (TypeError, IndexError, MapsError) as exc:
         raise StageImageError(f"maps bundle is incomplete: {exc}") from None

@@ -8,6 +8,7 @@ The gadgets and `mrf reconstruct` are thin adapters over this module, with the s
                     the subspace reconstruction (mrf_core.recon), object mask   -> SliceCoefficients
     NetworkMapper   the TorchScript network (after a check of schedule and basis)  -> QuantitativeMaps
     DictionaryMapper dictionary matching in the coefficients' own subspace        -> QuantitativeMaps
+                    (with a `b1_map`: each voxel in its B1 slice, mrf_core.mapping.b1_matching)
     Mapping         the mapper chain of the `mapper` setting: network with dictionary fallback (a reason
                     for each fallback), dictionary only, or none
     output_images   the ISMRMRD images a scanner stores: one series per map (series_base ...), and the
@@ -31,18 +32,20 @@ import numpy as np
 
 from mrf_core.errors import MrfError
 from mrf_core.io.map_images import ImageGeometry, coefficient_image, map_images
-from mrf_core.io.rawio import IndexMap, ScanInfo, validate_header
+from mrf_core.io.rawio import IndexMap, ScanInfo, _user_string, validate_header
 from mrf_core.mapping.maps import QuantitativeMaps, object_mask
 from mrf_core.physics.sequence import FispSchedule, ScheduleError, load_schedule
 from mrf_core.physics.temporal_basis import TemporalBasis
 from mrf_core.recon.gather import GatherError, SliceData, SliceGatherer
 
 if TYPE_CHECKING:
+    from mrf_core.io.b1map import B1Map
     from mrf_core.physics.dictionary import Dictionary
     from mrf_core.recon.reconstruct import ReconResult, ReconSettings
 
 log = logging.getLogger(__name__)
 
+B1_MAP_AXIS = tuple(np.round(np.arange(0.6, 1.4001, 0.05), 2))  # a built dictionary's B1 axis for a B1 map
 COEFFICIENT_SERIES = 10  # image_series_index of the coefficient images, in a chain and from the command line
 WARNING_KEY = "MRF_Warning"  # image meta listing warnings about an image (e.g. why the network did not map it)
 
@@ -81,11 +84,26 @@ def scan_info(header, settings) -> ScanInfo:
         schedule.to_ismrmrd(header)
     index_map = IndexMap.from_string(settings.index_map) if settings.index_map else None
     info = validate_header(header, index_map, settings.traj_units)
+    stated = _user_string(header, "MRF_slice_profile")  # the simulator's statement of its RF pulse
+    if stated is not None and _canonical_profile(stated) != _canonical_profile(settings.slice_profile):
+        log.warning("the scan's header states the slice profile %s (user parameter MRF_slice_profile), the setting "
+                    "slice_profile is %s: maps from a dictionary or model of another profile are biased", stated,
+                    settings.slice_profile)
     log.info("scan: schedule %s (%d TRs, hash %s), matrix %d, FOV %g mm, %s slices, %s channels, index map %s",
              info.schedule.name, info.schedule.n_timepoints, info.schedule.hash, info.matrix, info.fov_mm,
              info.n_slices or "?", info.n_channels or "?",
              info.index_map.to_string() if info.index_map_stated else "detected from the counters")
     return info
+
+
+def _canonical_profile(text: str) -> str:
+    """A slice-profile text as its canonical spec ('none' for the ideal profile); unparsable text as it is."""
+    from mrf_core.physics.slice_profile import SliceProfile, SliceProfileError, spec_of
+
+    try:
+        return spec_of(SliceProfile.parse(text))
+    except SliceProfileError:
+        return text
 
 
 def gathered(acquisitions: Iterable, info: ScanInfo, settings) -> Iterator[SliceData]:
@@ -116,18 +134,31 @@ def dictionary_for(schedule: FispSchedule, settings, progress: bool | None = Non
     """The dictionary of the settings for `schedule`: `dictionary_file` (checked against the schedule), or
     the grid built for it (or read from `dictionary_cache_dir`)."""
     from mrf_core.physics.dictionary import GRIDS, Dictionary, cached_dictionary, percent_grid
+    from mrf_core.physics.slice_profile import SliceProfile
 
+    profile = SliceProfile.parse(settings.slice_profile)
+    b1_map = settings.b1_map
     if settings.dictionary_file is not None:
         start = time.perf_counter()
         dictionary = Dictionary.load(settings.dictionary_file, schedule=schedule, fingerprints=False)
         log.info("dictionary %s loaded in %.2f s: %d atoms, basis rank %d", settings.dictionary_file,
                  time.perf_counter() - start, dictionary.n_atoms, dictionary.basis.rank)
+        if b1_map is not None and not dictionary.has_b1:
+            raise PipelineError(f"b1_map is set but dictionary_file {settings.dictionary_file} has no B1 axis: build "
+                                "one with a B1 axis (mrf dictionary build --b1 0.6 1.4 0.05), or leave "
+                                "dictionary_file empty")
+        stored = dictionary.slice_profile.spec if dictionary.slice_profile else "none"
+        if stored != _canonical_profile(settings.slice_profile):
+            raise PipelineError(f"dictionary_file {settings.dictionary_file} was built with slice profile {stored}, "
+                                f"the setting slice_profile says {settings.slice_profile}: use the same for both")
         return dictionary
     b1_axis = np.asarray(settings.b1_values)
+    if b1_map is not None and b1_axis.size < 2:
+        b1_axis = np.asarray(B1_MAP_AXIS)
     grid = (percent_grid(settings.grid_step_pct, b1_axis=b1_axis) if settings.grid == "percent"
             else GRIDS[settings.grid](b1_axis=b1_axis))
     return cached_dictionary(schedule, grid, settings.n_states, settings.dictionary_rank,
-                             settings.dictionary_cache_dir, progress=progress)
+                             settings.dictionary_cache_dir, progress=progress, slice_profile=profile)
 
 
 def load_network(path: Path | None, device: str):
@@ -156,11 +187,13 @@ def _model_basis(model, schedule: FispSchedule) -> TemporalBasis:
 def recon_basis(settings, schedule: FispSchedule) -> tuple[TemporalBasis, str]:
     """The basis to reconstruct in and where it came from ("model <file>" or "dictionary"), by the `basis`
     setting: the model's (used whole), the dictionary's (truncated to `rank`), or auto: the model's when it
-    loads and was trained for this schedule, else the dictionary's."""
+    loads and was trained for this schedule (and, with a `b1_map`, takes B1 as input), else the dictionary's."""
     if settings.basis != "dictionary":
         model, reason = load_network(settings.model, "cpu")
         if model is not None:
             try:
+                if settings.basis == "auto":
+                    check_model_inputs(model, settings)
                 return _model_basis(model, schedule), f"model {model.path.name}"
             except MrfError as exc:
                 reason = one_line(exc)
@@ -168,6 +201,56 @@ def recon_basis(settings, schedule: FispSchedule) -> tuple[TemporalBasis, str]:
             raise PipelineError(f"basis = model, but the model cannot be used: {reason}")
         log.info("basis from the dictionary (the network model cannot be used: %s)", reason)
     return dictionary_for(schedule, settings).basis, "dictionary"
+
+
+def check_model_inputs(model, settings) -> None:
+    """PipelineError when a B1 map is given and the model was trained without a B1 input (its maps would
+    ignore the map), or when the model was trained for another slice profile than the setting's: the
+    dictionary maps such a scan instead."""
+    from mrf_core.physics.slice_profile import spec_of
+
+    if settings.b1_map is not None and not getattr(model, "b1_input", False):
+        raise PipelineError(f"a B1 map is given (b1_map) but model {model.path.name} was trained without a B1 "
+                            "input: the dictionary maps with the B1 map")
+    trained = spec_of(getattr(model, "slice_profile", None))
+    if trained != _canonical_profile(settings.slice_profile):
+        raise PipelineError(f"model {model.path.name} was trained for slice profile {trained}, the setting "
+                            f"slice_profile is {settings.slice_profile}: the dictionary maps with that profile")
+
+
+def load_b1_map(settings) -> B1Map | None:
+    """The `b1_map` setting's map (B1MapError when unreadable), None when no map is given."""
+    if settings.b1_map is None:
+        return None
+    from mrf_core.io.b1map import load_b1_map as load
+
+    b1_map = load(settings.b1_map)
+    log.info("B1 map %s: %s voxels, B1 %.3g-%.3g, %s", settings.b1_map, "x".join(map(str, b1_map.values.shape)),
+             b1_map.values.min(), b1_map.values.max(),
+             "placed by its own geometry" if b1_map.affine is not None else "assumed in the scan's geometry")
+    return b1_map
+
+
+def slice_b1(b1_map: B1Map, geometry: ImageGeometry | None, mask: np.ndarray, slice_index: int) -> np.ndarray:
+    """B1 of a slice's voxels (ny, nx) from the map; voxels the map does not reach get B1 = 1 (logged). A map
+    that reaches none of the slice's object voxels is a B1MapError."""
+    from mrf_core.io.b1map import B1MapError
+
+    if geometry is None:
+        raise B1MapError(f"slice {slice_index} has no geometry (position, directions, FOV): the B1 map cannot be "
+                         "placed on it")
+    b1 = b1_map.on_slice(geometry, mask.shape, slice_index)
+    covered = np.isfinite(b1) & mask
+    if mask.any() and not covered.any():
+        raise B1MapError(f"B1 map {b1_map.source} does not overlap slice {slice_index} (slice centre at "
+                         f"{', '.join(f'{v:.1f}' for v in geometry.position)} mm, normal "
+                         f"{', '.join(f'{v:.2f}' for v in geometry.slice_dir)}): give a map that covers the "
+                         "scanned slices")
+    missing = int(np.count_nonzero(mask & ~covered))
+    if missing:
+        log.warning("slice %d: the B1 map misses %d of %d object voxels; they assume B1 = 1", slice_index,
+                    missing, int(mask.sum()))
+    return np.where(np.isfinite(b1), b1, 1.0)
 
 
 def recon_settings(settings, basis_source: str) -> ReconSettings:
@@ -287,9 +370,15 @@ class NetworkMapper:
     def __init__(self, settings):
         self.model, self.unusable = load_network(settings.model, settings.device)
         self._checked: str | None = None
+        if self.model is not None:
+            try:
+                check_model_inputs(self.model, settings)
+            except PipelineError as exc:
+                self.model, self.unusable = None, str(exc)
+        self.b1_map = load_b1_map(settings) if getattr(self.model, "b1_input", False) else None
 
     def __call__(self, coefficients: np.ndarray, basis: TemporalBasis, schedule: FispSchedule,
-                 slice_index: int) -> QuantitativeMaps:
+                 slice_index: int, geometry: ImageGeometry | None = None) -> QuantitativeMaps:
         if self.model is None:
             raise PipelineError(self.unusable)
         if self._checked != schedule.hash:
@@ -297,8 +386,19 @@ class NetworkMapper:
             self._checked = schedule.hash
         x = np.moveaxis(coefficients, 0, -1)
         mask = object_voxels(x)
-        result = self.model.map_coefficients(x[mask], basis)  # converts from `basis` when it differs
-        return QuantitativeMaps.from_match(_Scattered(result, mask), mask.shape, slice_index, self.name, mask)
+        b1_map = getattr(self, "b1_map", None)
+        if b1_map is not None:  # a model with a B1 input
+            b1 = slice_b1(b1_map, geometry, mask, slice_index)[mask]
+            result = self.model.map_coefficients(x[mask], basis, b1=b1)
+            result.b1, correction = b1.astype(np.float32), "map"
+        else:
+            result = self.model.map_coefficients(x[mask], basis)  # converts from `basis` when it differs
+            correction = "estimated" if "b1" in getattr(self.model, "output_names", ()) else "none"
+        profile = getattr(self.model, "slice_profile", None)
+        return QuantitativeMaps.from_match(_Scattered(result, mask), mask.shape, slice_index, self.name, mask,
+                                           b1_correction=correction, b1_source=f"map {Path(b1_map.source).name}"
+                                           if b1_map is not None else "", slice_profile=profile.describe()
+                                           if profile is not None else "")
 
 
 class DictionaryMapper:
@@ -311,6 +411,7 @@ class DictionaryMapper:
         self.settings = settings
         self._dictionary: Dictionary | None = None
         self._in_basis: dict[str, Dictionary] = {}
+        self.b1_map = load_b1_map(settings)
 
     def dictionary(self, schedule: FispSchedule, basis: TemporalBasis) -> Dictionary:
         if self._dictionary is None:
@@ -320,7 +421,7 @@ class DictionaryMapper:
         return self._in_basis[basis.hash]
 
     def __call__(self, coefficients: np.ndarray, basis: TemporalBasis, schedule: FispSchedule,
-                 slice_index: int) -> QuantitativeMaps:
+                 slice_index: int, geometry: ImageGeometry | None = None) -> QuantitativeMaps:
         from mrf_core.mapping.matching import match
 
         dictionary = self.dictionary(schedule, basis)
@@ -329,10 +430,24 @@ class DictionaryMapper:
                                 f"{basis.hash} has rank {dictionary.basis.rank}")
         x = np.moveaxis(coefficients, 0, -1)
         mask = object_voxels(x)
+        profile = dictionary.slice_profile.describe() if dictionary.slice_profile else ""
+        if self.b1_map is not None:
+            from mrf_core.mapping.b1_matching import match_at_b1
+
+            b1 = slice_b1(self.b1_map, geometry, mask, slice_index)
+            result, n_clamped = match_at_b1(dictionary, x[mask], b1[mask], search=self.settings.search)
+            if n_clamped:
+                log.warning("slice %d: B1 of %d voxels lies outside the dictionary's B1 axis %g-%g (clamped)",
+                            slice_index, n_clamped, dictionary.grid.b1_axis[0], dictionary.grid.b1_axis[-1])
+            return QuantitativeMaps.from_match(_Scattered(result, mask), mask.shape, slice_index, self.name, mask,
+                                               b1_correction="map", b1_source=f"map {Path(self.b1_map.source).name}",
+                                               slice_profile=profile)
         result = match(dictionary, x, mask=mask, search=self.settings.search, device="cpu")
         if not dictionary.has_b1:  # one B1 value is an assumption, not an estimate: no B1 map
             result.b1 = np.full_like(result.b1, np.nan)
-        return QuantitativeMaps.from_match(result, mask.shape, slice_index, self.name, mask)
+        return QuantitativeMaps.from_match(result, mask.shape, slice_index, self.name, mask,
+                                           b1_correction="estimated" if dictionary.has_b1 else "none",
+                                           slice_profile=profile)
 
 
 MAPPER_CHAINS = {"network": (NetworkMapper, DictionaryMapper), "dictionary": (DictionaryMapper,), "none": ()}
@@ -349,10 +464,11 @@ class SliceOutput:
 
 
 def map_slice(mapper, coefficients: np.ndarray, basis: TemporalBasis, schedule: FispSchedule,
-              slice_index: int) -> QuantitativeMaps:
-    """One mapper on one slice, timed in the log (the in-process chain and the mapping gadgets alike)."""
+              slice_index: int, geometry: ImageGeometry | None = None) -> QuantitativeMaps:
+    """One mapper on one slice, timed in the log (the in-process chain and the mapping gadgets alike);
+    `geometry` places a B1 map on the slice."""
     started = time.perf_counter()
-    maps = mapper(coefficients, basis, schedule, slice_index)
+    maps = mapper(coefficients, basis, schedule, slice_index, geometry=geometry)
     log.info("slice %d: %s mapping %.2f s, %d voxels", slice_index, mapper.name, time.perf_counter() - started,
              int(maps.mask.sum()))
     return maps
@@ -377,7 +493,8 @@ class Mapping:
         warnings: list[str] = list(slice_.warnings)
         for position, mapper in enumerate(self.mappers):
             try:
-                maps = map_slice(mapper, slice_.coefficients, slice_.basis, schedule, slice_.slice_index)
+                maps = map_slice(mapper, slice_.coefficients, slice_.basis, schedule, slice_.slice_index,
+                                 slice_.geometry)
             except Exception as exc:
                 if position == len(self.mappers) - 1:
                     raise

@@ -34,6 +34,7 @@ GRIDS = ("percent", "song", "oksuz")
 MAPPERS = ("network", "dictionary", "none")
 TRAJ_UNITS = ("cycles_per_fov", "normalised", "cycles_per_m", "rad_per_m")
 QUANTITY_KEYS = ("t1_ms", "t2_ms", "pd", "b1", "quality")
+PULSE_SHAPES = ("hann-sinc",)  # mrf_core.physics.slice_profile.PULSE_SHAPES
 CACHE_HOME = "$XDG_CACHE_HOME"
 # ReconSettings' defaults, literal for the same reason (tests check them against ReconSettings).
 RECON_DEFAULTS = {"method": "llr", "n_virtual_coils": 8, "coil_method": "lowres", "nufft_backend": "finufft",
@@ -157,6 +158,23 @@ def b1_values(value: str) -> tuple[float, ...]:
     return values
 
 
+def slice_profile(value: str) -> str:
+    """'none', or SHAPE:TBW[:N] (N sub-slices), e.g. hann-sinc:4; as mrf_core.physics.slice_profile parses it."""
+    text = value.strip().lower() or "none"
+    if text == "none":
+        return text
+    parts = text.split(":")
+    try:
+        ok = (len(parts) in (2, 3) and parts[0] in PULSE_SHAPES and 1 <= float(parts[1]) <= 50
+              and all(int(p) >= 1 for p in parts[2:]))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"must be none or SHAPE:TBW[:N] (SHAPE {', '.join(PULSE_SHAPES)}, TBW in [1, 50], N >= 1 "
+                         "sub-slices), e.g. hann-sinc:4")
+    return text
+
+
 # ---- the table --------------------------------------------------------------------------------------
 _R = RECON_DEFAULTS
 SETTINGS: tuple[Setting, ...] = (
@@ -216,6 +234,15 @@ SETTINGS: tuple[Setting, ...] = (
             ("recon", "dictionary")),
     Setting("b1_values", "1.0", b1_values, "B1 axis of a built dictionary (comma-separated, relative)",
             ("recon", "dictionary")),
+    Setting("b1_map", "", optional_path,
+            "measured B1 map (relative; .nii/.nii.gz, .npy/.npz, or ISMRMRD images), resampled to each slice: "
+            "the dictionary is matched in each voxel's B1 slice (built with B1 0.6-1.4 step 0.05 unless b1_values "
+            "has several values); a network without a B1 input falls back to the dictionary; empty: B1 = 1 assumed",
+            ("recon", "network", "dictionary")),
+    Setting("slice_profile", "none", slice_profile,
+            "RF pulse whose 2-D slice profile the dictionary models, e.g. hann-sinc:4 (Hann-windowed sinc, "
+            "time-bandwidth 4; x20 build time); none: an ideal profile; a dictionary_file must have been built "
+            "with the same", ("recon", "network", "dictionary")),
     Setting("n_states", "50", integer(2, 1000), "EPG states of a built dictionary", ("recon", "dictionary")),
     Setting("dictionary_rank", "10", integer(1, 64), "SVD basis rank of a built dictionary",
             ("recon", "dictionary")),
@@ -227,7 +254,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("series_base", "1", integer(0, 65000),
             "image_series_index of T1; T2, PD, B1 and quality follow (+1 ... +4)", ("output",)),
     Setting("maps", ",".join(QUANTITY_KEYS), names(QUANTITY_KEYS),
-            "maps to output, of " + ", ".join(QUANTITY_KEYS) + " (B1 only when the mapper estimated it)",
+            "maps to output, of " + ", ".join(QUANTITY_KEYS) + " (B1 only when estimated or from a b1_map)",
             ("output",)),
     Setting("ushort", "false", boolean, "scaled unsigned short images (GADGETRON_ScaleRatio) instead of float",
             ("output",)),

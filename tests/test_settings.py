@@ -26,6 +26,9 @@ def test_literal_copies_agree_with_the_library():
 
     assert table.METHODS == METHODS and table.COIL_METHODS == COIL_METHODS and table.NUFFT_BACKENDS == BACKENDS
     assert set(table.GRIDS) == set(GRIDS) and table.QUANTITY_KEYS == tuple(q.key for q in QUANTITIES)
+    from mrf_core.physics.slice_profile import PULSE_SHAPES
+
+    assert table.PULSE_SHAPES == PULSE_SHAPES
     recon = ReconSettings()
     assert table.RECON_DEFAULTS == {
         "method": recon.method, "n_virtual_coils": recon.n_virtual_coils, "coil_method": recon.coil_method,

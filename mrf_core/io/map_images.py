@@ -3,8 +3,10 @@
 Images carry the meta a scanner needs: `DataRole=Quantitative`,
 `GADGETRON_DataRole` (T1, T2, PD, B1, MatchQuality), `GADGETRON_SeqDescription`, `GADGETRON_ImageComment`
 (the unit), window centre and width, `GADGETRON_ScaleRatio` for scaled ushort data, and our own
-`MRF_Quantity` / `MRF_Unit` / `MRF_Mapper`. One series per quantity (series_base + offset from
-mrf_core.mapping.maps.QUANTITIES), one image per slice (image_index = slice + 1). Unmapped voxels are 0.
+`MRF_Quantity` / `MRF_Unit` / `MRF_Mapper`, and how B1 and the slice profile were handled
+(`MRF_B1Correction` none/map/estimated, `MRF_B1Source`, `MRF_SliceProfile`). One series per quantity
+(series_base + offset from mrf_core.mapping.maps.QUANTITIES), one image per slice (image_index = slice + 1).
+Unmapped voxels are 0.
 
 Map files use the layout `gadgetron_ismrmrd_client` writes: an ISMRMRD HDF5 file whose group (by default
 the date and time, as the client names it) holds `image_<series>/{header,attributes,data}`. The replay,
@@ -115,6 +117,7 @@ def map_images(
             "MRF_Quantity": key,
             "MRF_Unit": quantity.unit,
             "MRF_Mapper": maps.mapper,
+            **maps.corrections_meta(),
             **(extra_meta or {}),
         }
         if as_ushort:

@@ -41,13 +41,20 @@ QUANTITIES: tuple[Quantity, ...] = (
 QUANTITY_BY_KEY = {q.key: q for q in QUANTITIES}
 QUANTITY_BY_ROLE = {q.role: q for q in QUANTITIES}
 PD_FRACTION = 0.1  # maps keep voxels whose |PD| exceeds this fraction of the 99th percentile (from_match)
+# How the maps dealt with the transmit field (B1) and the slice profile; image meta MRF_B1Correction and
+# MRF_SliceProfile, read back by QA. B1: "none" (B1 = 1 assumed), "map" (a measured B1 map), "estimated"
+# (jointly, by a B1-axis dictionary or a network with a B1 output). Slice profile: "" (meta "none") when not
+# modelled (an ideal rectangular profile assumed), else the RF pulse modelled (mrf_core.physics.slice_profile).
+B1_CORRECTIONS = ("none", "map", "estimated")
+B1_META, B1_SOURCE_META, PROFILE_META = "MRF_B1Correction", "MRF_B1Source", "MRF_SliceProfile"
 
 
 @dataclass(frozen=True)
 class QuantitativeMaps:
     """Maps of one slice, each float32 (ny, nx); NaN where unmapped. pd is the magnitude of the complex
     proton density (arbitrary units), quality the normalised correlation of signal and matched fingerprint,
-    b1 None unless the mapper estimated it. mapper names what made them ('dictionary', 'network')."""
+    b1 None unless the mapper estimated it or took it from a B1 map. mapper names what made them ('dictionary',
+    'network'); b1_correction, b1_source and slice_profile how B1 and the slice profile were handled."""
 
     slice_index: int
     t1_ms: np.ndarray
@@ -56,8 +63,13 @@ class QuantitativeMaps:
     quality: np.ndarray
     mapper: str
     b1: np.ndarray | None = None
+    b1_correction: str = "none"
+    b1_source: str = ""
+    slice_profile: str = ""
 
     def __post_init__(self) -> None:
+        if self.b1_correction not in B1_CORRECTIONS:
+            raise MapsError(f"b1_correction = {self.b1_correction!r} must be one of {B1_CORRECTIONS}")
         shape = self.t1_ms.shape
         if len(shape) != 2:
             raise MapsError(f"t1_ms has shape {shape}: maps are 2-D (ny, nx)")
@@ -74,6 +86,12 @@ class QuantitativeMaps:
         """Voxels that were mapped."""
         return np.isfinite(self.t1_ms) & np.isfinite(self.t2_ms)
 
+    def corrections_meta(self) -> dict[str, str]:
+        """The image meta saying how B1 and the slice profile were handled (B1_META, PROFILE_META)."""
+        source = {"none": "B1 = 1 assumed (no B1 map)", "estimated": "estimated with T1/T2"}
+        return {B1_META: self.b1_correction, B1_SOURCE_META: self.b1_source or source.get(self.b1_correction, ""),
+                PROFILE_META: self.slice_profile or "none"}
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The maps present, by quantity key, in QUANTITIES order."""
         return {q.key: getattr(self, q.key) for q in QUANTITIES if getattr(self, q.key) is not None}
@@ -81,14 +99,14 @@ class QuantitativeMaps:
     @classmethod
     def from_match(
         cls, result, shape: tuple[int, int], slice_index: int, mapper: str, mask: np.ndarray | None = None,
-        pd_fraction: float = PD_FRACTION,
+        pd_fraction: float = PD_FRACTION, **corrections: str,
     ) -> QuantitativeMaps:
         """Maps from a MatchResult-like object (t1_ms, t2_ms, b1, pd complex, score), any layout of
         ny*nx voxels; voxels outside `mask`, unmatched, or with |PD| at most pd_fraction of the 99th
         percentile of the kept voxels' |PD| become NaN. The PD test drops the faint copies of an object's
         signal that locally-low-rank regularisation leaves in empty voxels next to it: they match the
         object's T1/T2 at a PD of a few %. b1 is kept only where it is finite somewhere, i.e. the mapper
-        estimated it."""
+        estimated it (or took it from a map). corrections: b1_correction, b1_source, slice_profile."""
         n_voxels = int(np.prod(shape))
         if np.size(result.t1_ms) != n_voxels:
             raise MapsError(f"{mapper} result has {np.size(result.t1_ms)} voxels, the slice {shape} has {n_voxels}")
@@ -111,6 +129,7 @@ class QuantitativeMaps:
             quality=field(result.score),
             mapper=mapper,
             b1=field(b1) if np.isfinite(b1[keep]).any() else None,
+            **corrections,
         )
 
 

@@ -23,6 +23,7 @@ from mrf_core.mapping.matching import MatchResult
 from mrf_core.mapping.module import table_of
 from mrf_core.mapping.refine import DEFAULT_ITERATIONS, refine
 from mrf_core.physics.sequence import FispSchedule
+from mrf_core.physics.slice_profile import SliceProfile
 from mrf_core.physics.temporal_basis import BasisError, TemporalBasis
 
 DEFAULT_MODEL_FILE = "default_model.pt"
@@ -54,6 +55,9 @@ class MrfModel:
         self.device = device
         self.schedule: FispSchedule = schedule_of(metadata)
         self.input_kind: str = metadata["input"]["kind"]
+        self.b1_input: bool = bool(metadata["input"].get("b1", False))  # takes a B1 map as a second input
+        profile = metadata["training"].get("slice_profile") if isinstance(metadata["training"], dict) else None
+        self.slice_profile = SliceProfile(**profile) if profile else None  # the profile its training modelled
         self.output_names: list[str] = list(metadata["outputs"]["names"])
         self._table_basis = basis_of(module, metadata)
         self.basis: TemporalBasis | None = self._table_basis if self.input_kind == "coefficients" else None
@@ -78,11 +82,13 @@ class MrfModel:
             )
 
     # ---- mapping --------------------------------------------------------------------------------
-    def map_coefficients(self, coefficients, basis: TemporalBasis, refine: int = DEFAULT_ITERATIONS) -> MatchResult:
+    def map_coefficients(self, coefficients, basis: TemporalBasis, refine: int = DEFAULT_ITERATIONS,
+                         b1=None) -> MatchResult:
         """Complex coefficients (..., K) in `basis` -> maps (...). A basis other than the model's is
         converted (TemporalBasis.conversion_to); ModelMismatchError if the subspaces do not agree.
         refine: iterations of continuous matching on the fingerprint table after the network
-        (mrf_core.mapping.refine; 0 = the network's output as it is)."""
+        (mrf_core.mapping.refine; 0 = the network's output as it is). b1 (...): the voxels' B1 for a model
+        with a B1 input (None: B1 = 1); ModelError for a model without one."""
         if self.basis is None:
             raise ModelError(f"model {self.path.name} maps {self.input_kind} time courses, not coefficients; "
                              "use map_signals")
@@ -91,7 +97,11 @@ class MrfModel:
             raise ModelError(f"coefficients of shape {x.shape} do not fit a rank-{basis.rank} basis")
         if basis.hash != self.basis.hash:
             x = x @ self._conversion(basis).T
-        return self._map(x.astype(np.complex64), None, refine)
+        if b1 is not None and not self.b1_input:
+            raise ModelError(f"model {self.path.name} has no B1 input: it cannot use a B1 map")
+        if b1 is not None and np.shape(b1) != x.shape[:-1]:
+            raise ModelError(f"B1 of shape {np.shape(b1)} for coefficients of shape {x.shape}")
+        return self._map(x.astype(np.complex64), None, refine, b1)
 
     def map_signals(self, time_courses, refine: int = DEFAULT_ITERATIONS) -> MatchResult:
         """Complex time courses (..., n_timepoints) of the model's schedule -> maps (...); refine as for
@@ -118,9 +128,10 @@ class MrfModel:
                                      f"{MODEL_SUBSPACE_MIN_CAPTURED:.2%}): {exc}") from None
 
     @torch.no_grad()
-    def _map(self, x: np.ndarray, time_norms: np.ndarray | None, refine_iterations: int) -> MatchResult:
+    def _map(self, x: np.ndarray, time_norms: np.ndarray | None, refine_iterations: int, b1=None) -> MatchResult:
         """x (..., L) complex in the model's input domain; time_norms |x| in the time domain for
-        time-course models (their score and PD use the time-domain norms)."""
+        time-course models (their score and PD use the time-domain norms); b1 (...) for a B1-input model
+        (None: 1), also where its table is looked up (refinement keeps it fixed)."""
         spatial = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
         n = flat.shape[0]
@@ -129,21 +140,27 @@ class MrfModel:
         pd = np.zeros(n, dtype=np.complex64)
         score = np.zeros(n, dtype=np.float32)
         valid = np.isfinite(flat).all(axis=1) & (np.abs(flat).max(axis=1, initial=0) > 0)
+        known_b1 = np.ones(n, np.float32) if b1 is None else np.asarray(b1, np.float32).reshape(-1)
         ids = np.flatnonzero(valid)
         for lo in range(0, ids.size, _CHUNK_VOXELS):
             chunk = ids[lo : lo + _CHUNK_VOXELS]
             xc = torch.as_tensor(flat[chunk])
-            out = self.module(xc.real.contiguous().to(self.device), xc.imag.contiguous().to(self.device)).cpu()
+            re, im = xc.real.contiguous().to(self.device), xc.imag.contiguous().to(self.device)
+            b1_chunk = torch.as_tensor(known_b1[chunk])
+            out = (self.module(re, im, b1_chunk.to(self.device)) if self.b1_input else self.module(re, im)).cpu()
             finite = torch.isfinite(out).all(dim=1)
             out = torch.nan_to_num(out, nan=1.0)
+            if self.b1_input:  # the table has a B1 axis: look it up (and refine) at the given B1
+                out = torch.cat([out, b1_chunk[:, None]], dim=1)
             if self.basis is None:  # time courses: compare in the table's subspace, norms in time
                 x_coef = torch.as_tensor(self._table_basis.project(flat[chunk]))
                 x_norm = torch.as_tensor(time_norms.reshape(-1)[chunk], dtype=torch.float32)
             else:
                 x_coef, x_norm = xc, torch.linalg.vector_norm(xc, dim=1)
             if refine_iterations > 0:
-                out = refine(self._table, out, x_coef, refine_iterations)
+                out = refine(self._table, out, x_coef, refine_iterations, n_free=2 if self.b1_input else None)
             f_coef, f_norm = self._table.lookup(out)
+            out = out[:, :n_out]
             if self.basis is not None:
                 f_norm = torch.linalg.vector_norm(f_coef, dim=1)
             inner = (f_coef * x_coef.real).sum(1) + 1j * (f_coef * x_coef.imag).sum(1)

@@ -1,8 +1,10 @@
 """The exported module: input transform -> network -> output scaling, plus the buffers a mapper needs.
 
-`MappingModule.forward(re, im)` takes the real and imaginary parts (N, length) of subspace coefficients
-or time courses and returns T1/T2 (ms) and B1 (N, n_outputs), so a TorchScript consumer (Gadgetron C++,
-a vendor runtime) needs nothing else. Buffers travel in the same archive (never pickled):
+`MappingModule.forward(re, im, b1=None)` takes the real and imaginary parts (N, length) of subspace
+coefficients or time courses and returns T1/T2 (ms) and B1 (N, n_outputs), so a TorchScript consumer
+(Gadgetron C++, a vendor runtime) needs nothing else. A module made with `b1_input` also takes the voxels'
+measured B1 (N,) (None: 1), appended to the features as B1 - 1 (one more value along the length axis of
+every channel); it then predicts T1/T2 only. Buffers travel in the same archive (never pickled):
 - basis_vectors (n_timepoints, K) and basis_singular_values: the temporal basis (the input basis of a
   coefficient model; for a time-course model, the basis its fingerprint table is expressed in);
 - table_coefficients, table_norms, table_lo, table_step, table_shape: the fingerprint table
@@ -22,8 +24,9 @@ from mrf_core.physics.temporal_basis import TemporalBasis
 
 
 class MappingModule(nn.Module):
-    def __init__(self, transform: InputTransform, network: nn.Module, scaling: OutputScaling):
+    def __init__(self, transform: InputTransform, network: nn.Module, scaling: OutputScaling, b1_input: bool = False):
         super().__init__()
+        self.b1_input = b1_input
         self.transform = transform
         self.network = network
         self.scaling = scaling
@@ -32,12 +35,17 @@ class MappingModule(nn.Module):
             self.register_buffer(name, torch.zeros(0))
 
     @torch.jit.export
-    def normalised(self, re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+    def normalised(self, re: torch.Tensor, im: torch.Tensor, b1: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised outputs (what training regresses), unclamped."""
-        return self.network(self.transform(re, im))
+        features = self.transform(re, im)
+        if self.b1_input:
+            known = torch.ones_like(re[:, 0]) if b1 is None else b1
+            extra = (known.to(features.dtype) - 1.0).view(-1, 1, 1).expand(-1, features.shape[1], 1)
+            features = torch.cat([features, extra], dim=2)
+        return self.network(features)
 
-    def forward(self, re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
-        return self.scaling(self.normalised(re, im))
+    def forward(self, re: torch.Tensor, im: torch.Tensor, b1: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scaling(self.normalised(re, im, b1))
 
     def attach(self, basis: TemporalBasis, table: FingerprintTable) -> None:
         """Store the basis and the fingerprint table as buffers (before scripting)."""

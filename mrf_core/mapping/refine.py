@@ -52,9 +52,11 @@ def _feasible(theta: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.
 
 
 def refine(table: FingerprintTable, params: torch.Tensor, x: torch.Tensor,
-           iterations: int = DEFAULT_ITERATIONS) -> torch.Tensor:
-    """Parameters (N, P) in their units, refined for complex coefficients x (N, K) in the table's basis."""
+           iterations: int = DEFAULT_ITERATIONS, n_free: int | None = None) -> torch.Tensor:
+    """Parameters (N, P) in their units, refined for complex coefficients x (N, K) in the table's basis;
+    n_free: only the first n_free parameters move (B1 stays where a B1 map put it), default all."""
     n_axes = len(table.shape)
+    n_free = n_axes if n_free is None else n_free
     theta = params[:, :n_axes].to(torch.float32).clone()
     theta[:, :2] = torch.log(theta[:, :2].clamp_min(1e-30))
     lo = table.lo + table.step  # the range proper, inside the padding nodes
@@ -68,11 +70,12 @@ def refine(table: FingerprintTable, params: torch.Tensor, x: torch.Tensor,
     fit = (y * g).sum(dim=1)
     damping = torch.full((x.shape[0],), 1e-3)
     for _ in range(iterations):
-        jacobian = _unit_jacobian(table, theta)  # (N, K, P)
+        jacobian = _unit_jacobian(table, theta)[:, :, :n_free]  # (N, K, P free)
         jtj = jacobian.transpose(1, 2) @ jacobian
         scale = jtj.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
-        system = jtj + (damping * scale)[:, None, None] * torch.eye(n_axes)
-        step = torch.linalg.solve(system, (jacobian.transpose(1, 2) @ (y - g)[:, :, None]))[:, :, 0]
+        system = jtj + (damping * scale)[:, None, None] * torch.eye(n_free)
+        step = torch.zeros_like(theta)
+        step[:, :n_free] = torch.linalg.solve(system, (jacobian.transpose(1, 2) @ (y - g)[:, :, None]))[:, :, 0]
         trial = _feasible(theta + step, lo, hi)
         g_trial = _unit(table, trial)
         fit_trial = (y * g_trial).sum(dim=1)

@@ -9,6 +9,9 @@ Recipe (`TrainConfig`, every field recorded in the archive):
   SNR drawn log-uniformly from `snr_range` (SNR per time point: mean |signal| / sigma, sigma^2 = E|n|^2, the
   definition of benchmarks/bench_matching.py; noise in the coefficients is the same white noise, the basis
   being orthonormal), a `clean_fraction` of the batch noiseless;
+- `b1_input`: the network also gets each tissue's B1 (drawn from the space's b1_range) times (1 + a Gaussian
+  error of relative std `b1_input_noise`, a B1 map's), and predicts T1/T2 only; its PD/quality table keeps
+  the B1 axis, looked up at the given B1;
 - MSE on normalised targets (mrf_core.mapping.parameters), Adam, learning rate halved on a validation
   plateau, early stopping after `patience` epochs without a 0.1 % improvement (the best epoch is kept), a
   fixed validation set (its own seeded noise), fixed seeds; CPU by default, CUDA when `device` says so.
@@ -20,7 +23,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,7 @@ from mrf_core.mapping.archive import write_archive
 from mrf_core.mapping.inputs import InputTransform, channels_of, reference_of
 from mrf_core.mapping.module import MappingModule
 from mrf_core.mapping.parameters import MappingConfigError, ParameterSpace
-from mrf_core.mapping.table import DEFAULT_TABLE_NODES, FingerprintTable
+from mrf_core.mapping.table import DEFAULT_B1_NODES, DEFAULT_TABLE_NODES, FingerprintTable
 from mrf_core.physics.dictionary import Dictionary, build_dictionary, percent_grid
 from mrf_core.physics.epg import default_device, simulate_fingerprints
 from mrf_core.physics.sequence import FispSchedule
@@ -64,11 +67,14 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     table_nodes: int = DEFAULT_TABLE_NODES
+    table_b1_nodes: int = DEFAULT_B1_NODES
     basis_dictionary: str | None = None
     basis_step_pct: float = 5.0  # grid step of the basis dictionary when basis_dictionary is None
     max_minutes: float | None = None  # wall-clock budget: training stops when it is spent (checked every 20 batches)
     progress: bool = True
     amp: str | None = None  # mixed precision on CUDA (torch.autocast): "bf16" or "fp16"; None (and on a CPU): fp32
+    b1_input: bool = False  # B1 (from a B1 map) as an input beside the signal; needs space.b1_range
+    b1_input_noise: float = 0.02  # relative std of the error put on the B1 input in training
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -87,6 +93,13 @@ class TrainConfig:
             raise MappingConfigError(f"clean_fraction = {self.clean_fraction} must be in [0, 1]")
         if self.amp not in _AMP_DTYPES:
             raise MappingConfigError(f"amp = {self.amp!r} must be one of {list(_AMP_DTYPES)}")
+        if self.b1_input and self.space.b1_range is None:
+            raise MappingConfigError("b1_input needs a B1 range to train over (space.b1_range, --b1-range)")
+
+    @property
+    def output_space(self) -> ParameterSpace:
+        """What the network predicts: the space without B1 when B1 is an input."""
+        return replace(self.space, b1_range=None) if self.b1_input else self.space
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -163,8 +176,19 @@ def model_basis(schedule: FispSchedule, config: TrainConfig, rank: int) -> Tempo
 
 
 @torch.no_grad()
-def _predict_normalised(module: MappingModule, re: torch.Tensor, im: torch.Tensor, batch: int = 4096) -> torch.Tensor:
-    return torch.cat([module.normalised(re[i : i + batch], im[i : i + batch]) for i in range(0, re.shape[0], batch)])
+def _predict_normalised(module: MappingModule, re: torch.Tensor, im: torch.Tensor, b1: torch.Tensor | None = None,
+                        batch: int = 4096) -> torch.Tensor:
+    return torch.cat([module.normalised(re[i : i + batch], im[i : i + batch], None if b1 is None else b1[i : i + batch])
+                      for i in range(0, re.shape[0], batch)])
+
+
+def b1_inputs(params: np.ndarray, config: TrainConfig, gen: torch.Generator) -> torch.Tensor | None:
+    """The B1 a B1-input network gets for tissues `params` (n, 3): the true B1 with the map's error; None
+    for a network without B1 input."""
+    if not config.b1_input:
+        return None
+    b1 = torch.as_tensor(params[:, 2], dtype=torch.float32)
+    return b1 * (1 + config.b1_input_noise * torch.randn(b1.shape, generator=gen))
 
 
 def _autocast(device: torch.device, amp: str | None):
@@ -202,12 +226,17 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
     if kind != "magnitude" and sign_margin < 0.05:
         log.warning("phase-sign margin %.3f is small: noisy voxels may get the wrong sign", sign_margin)
     length = train.signals.shape[1]
-    network = build_network(config.arch, channels_of(kind), length, len(space.names), **config.arch_options)
-    module = MappingModule(InputTransform(kind, reference), network, space.output_scaling()).to(device)
-    y_train = torch.as_tensor(space.normalise(train.params))
-    y_val = torch.as_tensor(space.normalise(val.params))
-    val_re, val_im = augment(val.signals, val.mean_abs, config.snr_range, config.clean_fraction,
-                             torch.Generator().manual_seed(config.seed + 1))
+    out_space = config.output_space
+    n_out = len(out_space.names)
+    network = build_network(config.arch, channels_of(kind), length + int(config.b1_input), n_out,
+                            **config.arch_options)
+    module = MappingModule(InputTransform(kind, reference), network, out_space.output_scaling(),
+                           b1_input=config.b1_input).to(device)
+    y_train = torch.as_tensor(out_space.normalise(train.params[:, :n_out]))
+    y_val = torch.as_tensor(out_space.normalise(val.params[:, :n_out]))
+    val_gen = torch.Generator().manual_seed(config.seed + 1)
+    val_re, val_im = augment(val.signals, val.mean_abs, config.snr_range, config.clean_fraction, val_gen)
+    val_b1 = b1_inputs(val.params, config, val_gen)
     optimiser = torch.optim.Adam(module.parameters(), lr=config.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and config.amp == "fp16")
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=max(2, config.patience // 3))
@@ -223,8 +252,9 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
                 break  # the budget ends inside this (long) epoch: validate what was learnt, then stop
             ids = order[lo : lo + config.batch_size]
             re, im = augment(train.signals[ids], train.mean_abs[ids], config.snr_range, config.clean_fraction, gen)
+            b1 = b1_inputs(train.params[ids.numpy()], config, gen)
             with _autocast(device, config.amp):
-                predicted = module.normalised(re.to(device), im.to(device))
+                predicted = module.normalised(re.to(device), im.to(device), None if b1 is None else b1.to(device))
                 loss = torch.nn.functional.mse_loss(predicted.float(), y_train[ids].to(device))
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # the scaler is a pass-through unless amp is fp16 on CUDA
@@ -234,7 +264,8 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
             seen += ids.numel()
         module.eval()
         val_loss = float(torch.nn.functional.mse_loss(  # in fp32 (amp or not): an honest early-stopping figure
-            _predict_normalised(module, val_re.to(device), val_im.to(device)).cpu(), y_val))
+            _predict_normalised(module, val_re.to(device), val_im.to(device),
+                                None if val_b1 is None else val_b1.to(device)).cpu(), y_val))
         history.append({"epoch": epoch + 1, "train_loss": total / seen, "val_loss": val_loss, "signals": seen,
                         "lr": optimiser.param_groups[0]["lr"]})
         epochs.set_postfix(train=f"{history[-1]['train_loss']:.2e}", val=f"{val_loss:.2e}",
@@ -254,23 +285,25 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
     module.load_state_dict(best_state)
     module.eval()
     module.to("cpu")
-    predicted = module.scaling(_predict_normalised(module, val_re, val_im)).numpy()
+    predicted = module.scaling(_predict_normalised(module, val_re, val_im, val_b1)).numpy()
     metrics = {}
-    for p, name in enumerate(space.names):
+    for p, name in enumerate(out_space.names):
         err = predicted[:, p] - val.params[:, p]
         metrics[name] = {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))),
                          "median_rel_error": float(np.median(np.abs(err) / val.params[:, p]))}
-    table = FingerprintTable.build(schedule, basis, space, n_nodes=config.table_nodes, n_states=config.n_states)
+    table = FingerprintTable.build(schedule, basis, space, n_nodes=config.table_nodes,
+                                   n_b1_nodes=config.table_b1_nodes, n_states=config.n_states)
     module.attach(basis, table)
     metadata = {
         "architecture": {"name": config.arch, "options": config.arch_options,
                          "description": ARCHITECTURES[config.arch][2],
                          "n_parameters": int(sum(p.numel() for p in network.parameters()))},
         "input": {"kind": kind, "channels": channels_of(kind), "length": int(length), "sign_margin": sign_margin,
+                  "b1": config.b1_input, "b1_range": list(space.b1_range) if config.b1_input else None,
                   "normalisation": "phase aligned (half the angle of sum x^2, sign by the reference buffer), divided "
                                    "by the complex norm, times sqrt(length); see mrf_core.mapping.inputs"},
-        "outputs": {"names": space.names, "units": ["ms", "ms", "relative"][: len(space.names)],
-                    "ranges": [list(r) for r in space.ranges], "scaling": space.scaling,
+        "outputs": {"names": out_space.names, "units": ["ms", "ms", "relative"][:n_out],
+                    "ranges": [list(r) for r in out_space.ranges], "scaling": space.scaling,
                     "note": "forward(re, im) returns the parameters in their units, clamped to the ranges"},
         "parameter_space": space.to_dict(),
         "schedule": schedule.to_dict(),

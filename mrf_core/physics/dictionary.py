@@ -5,6 +5,8 @@ simulator's fast path applies. Every atom keeps its integer position on the grid
 which the pruned matcher uses to group neighbouring atoms.
 
 Fingerprints are stored real (float32): signal = signal_phase * fingerprint (see mrf_core.physics.epg).
+A dictionary built with a slice profile (mrf_core.physics.slice_profile) stores its spec (attribute
+`slice_profile`, empty for the ideal profile), which the pipeline checks against the `slice_profile` setting.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from mrf_core.errors import MrfError
 from mrf_core.io.atomic import atomic_path
 from mrf_core.physics.epg import DEFAULT_CHUNK_ATOMS, DEFAULT_N_STATES, signal_phase, simulate_fingerprints
 from mrf_core.physics.sequence import FispSchedule, ScheduleError
+from mrf_core.physics.slice_profile import SliceProfile, SliceProfileError, profile_fingerprints
 from mrf_core.physics.temporal_basis import BasisError, TemporalBasis, basis_from_fingerprints
 
 FILE_FORMAT = "mrf-dictionary"
@@ -139,6 +142,7 @@ class Dictionary:
     fingerprints: np.ndarray | None = None
     n_states: int = DEFAULT_N_STATES
     build_seconds: float = 0.0
+    slice_profile: SliceProfile | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -184,7 +188,8 @@ class Dictionary:
             f"{g.t1_axis_ms.max():g} ms ({g.t1_axis_ms.size}), T2 {g.t2_axis_ms.min():g}-"
             f"{g.t2_axis_ms.max():g} ms ({g.t2_axis_ms.size}){b1}, T2 {'<' if g.t2_rule == 'lt' else '<='} T1\n"
             f"schedule {self.schedule.name} ({self.schedule.n_timepoints} TRs, hash {self.schedule.hash}); "
-            f"{self.n_states} EPG states\n"
+            f"{self.n_states} EPG states; slice profile "
+            f"{self.slice_profile.describe() if self.slice_profile else 'ideal (not modelled)'}\n"
             f"basis rank {self.basis.rank}, residual energy {self.basis.residual_energy():.2e} "
             f"(hash {self.basis.hash}); {storage}"
         )
@@ -204,7 +209,8 @@ class Dictionary:
             f.attrs.update(format=FILE_FORMAT, version=FILE_VERSION, n_atoms=self.n_atoms,
                            n_states=self.n_states, build_seconds=self.build_seconds,
                            schedule_hash=self.schedule.hash, basis_hash=self.basis.hash,
-                           schedule_json=self.schedule.to_json())
+                           schedule_json=self.schedule.to_json(),
+                           slice_profile=self.slice_profile.spec if self.slice_profile else "")
             g = f.create_group("grid")
             g.attrs.update(name=self.grid.name, t2_rule=self.grid.t2_rule)
             for key in ("t1_axis_ms", "t2_axis_ms", "b1_axis"):
@@ -276,26 +282,34 @@ class Dictionary:
             if f[key].shape != shape:
                 raise DictionaryError(f"dataset {key} has shape {f[key].shape}, expected {shape}")
         fps = f["fingerprints"][()] if with_fingerprints and "fingerprints" in f else None
+        try:
+            profile = SliceProfile.parse(str(f.attrs.get("slice_profile", "")))
+        except SliceProfileError as exc:
+            raise DictionaryError(f"stored slice_profile is invalid: {exc}") from None
         return cls(
             schedule=schedule, grid=grid, t1_ms=f["atoms/t1_ms"][()], t2_ms=f["atoms/t2_ms"][()],
             b1=f["atoms/b1"][()], grid_index=f["atoms/grid_index"][()], basis=basis,
             compressed=f["compressed"][()], fingerprints=fps, n_states=int(f.attrs["n_states"]),
-            build_seconds=float(f.attrs["build_seconds"]),
+            build_seconds=float(f.attrs["build_seconds"]), slice_profile=profile,
         )
 
 
-def cache_key(schedule: FispSchedule, grid: DictionaryGrid, n_states: int, rank: int) -> str:
-    """Schedule hash + a digest of the grid axes, EPG states, rank and the package version."""
+def cache_key(schedule: FispSchedule, grid: DictionaryGrid, n_states: int, rank: int,
+              slice_profile: SliceProfile | None = None) -> str:
+    """Schedule hash + a digest of the grid axes, EPG states, rank, slice profile and the package version."""
     h = hashlib.sha256()
     for axis in (grid.t1_axis_ms, grid.t2_axis_ms, grid.b1_axis):
         h.update(np.asarray(axis, dtype=np.float64).round(6).tobytes())
     h.update(f"{grid.t2_rule},{n_states},{rank},{mrf_core.__version__}".encode())
+    if slice_profile is not None:
+        h.update(slice_profile.spec.encode())
     return f"{schedule.hash}_{grid.name}_{h.hexdigest()[:12]}"
 
 
-def cache_path(schedule: FispSchedule, grid: DictionaryGrid, n_states: int, rank: int, cache_dir: str | Path) -> Path:
+def cache_path(schedule: FispSchedule, grid: DictionaryGrid, n_states: int, rank: int, cache_dir: str | Path,
+               slice_profile: SliceProfile | None = None) -> Path:
     """Where `cache_dir` keeps the dictionary of these settings (`dict_<cache_key>.h5`)."""
-    return Path(cache_dir) / f"dict_{cache_key(schedule, grid, n_states, rank)}.h5"
+    return Path(cache_dir) / f"dict_{cache_key(schedule, grid, n_states, rank, slice_profile)}.h5"
 
 
 def describe_grid(grid: DictionaryGrid) -> str:
@@ -308,7 +322,8 @@ def describe_grid(grid: DictionaryGrid) -> str:
 def store_in_cache(dictionary: Dictionary, rank: int, cache_dir: str | Path) -> Path:
     """Save the compressed atoms of a dictionary built elsewhere (`mrf dictionary build`) where
     cached_dictionary looks for them, so `mrf reconstruct`, replay and the gadgets reuse it."""
-    path = cache_path(dictionary.schedule, dictionary.grid, dictionary.n_states, rank, cache_dir)
+    path = cache_path(dictionary.schedule, dictionary.grid, dictionary.n_states, rank, cache_dir,
+                      dictionary.slice_profile)
     path.parent.mkdir(parents=True, exist_ok=True)
     replace(dictionary, fingerprints=None).save(path)
     return path
@@ -321,13 +336,14 @@ def cached_dictionary(
     rank: int = 10,
     cache_dir: str | Path | None = None,
     progress: bool | None = None,
+    slice_profile: SliceProfile | None = None,
 ) -> Dictionary:
     """The compressed-only dictionary of `grid` for `schedule`: read from `cache_dir` (file
     `dict_<cache_key>.h5`) when it holds it, else built and, with a cache_dir, saved there (atomically, so
     processes building the same key at once cannot corrupt each other). An unusable cached file is rebuilt;
     a cache folder that cannot be written is logged, not an error."""
     start = time.perf_counter()
-    cached = cache_path(schedule, grid, n_states, rank, cache_dir) if cache_dir else None
+    cached = cache_path(schedule, grid, n_states, rank, cache_dir, slice_profile) if cache_dir else None
     if cached is not None and cached.is_file():
         try:
             dictionary = Dictionary.load(cached, schedule=schedule, fingerprints=False)
@@ -342,7 +358,7 @@ def cached_dictionary(
              "dictionary file of your own is used with --dictionary-file FILE (gadget property dictionary_file)",
              describe_grid(grid), schedule.hash, grid.n_atoms, schedule.n_timepoints, n_states, where)
     dictionary = build_dictionary(schedule, grid, n_states=n_states, rank=rank, keep_fingerprints=False,
-                                  progress=progress)
+                                  progress=progress, slice_profile=slice_profile)
     log.info("dictionary built in %.2f s: grid %s, %d atoms, %d TRs, basis rank %d", time.perf_counter() - start,
              grid.name, dictionary.n_atoms, schedule.n_timepoints, dictionary.basis.rank)
     if cached is not None:
@@ -365,18 +381,24 @@ def build_dictionary(
     device: str | torch.device | None = None,
     chunk_atoms: int = DEFAULT_CHUNK_ATOMS,
     progress: bool | None = None,
+    slice_profile: SliceProfile | None = None,
 ) -> Dictionary:
     """Simulate every atom of `grid` (in chunks, with a progress bar), then the SVD basis and the compressed
-    atoms. `rank` or `residual_energy` choose the basis size (default rank 10)."""
+    atoms. `rank` or `residual_energy` choose the basis size (default rank 10). With a slice_profile each
+    atom is the sum of its sub-slices' fingerprints (n_positions times the EPG work)."""
     t1, t2, b1, index = grid.atoms()
     start = time.perf_counter()
-    fingerprints = simulate_fingerprints(schedule, t1, t2, b1, n_states=n_states, device=device,
-                                         chunk_atoms=chunk_atoms, progress=progress).cpu().numpy()
+    if slice_profile is not None:
+        fingerprints = profile_fingerprints(schedule, t1, t2, b1, slice_profile, n_states=n_states, device=device,
+                                            chunk_atoms=chunk_atoms).cpu().numpy()
+    else:
+        fingerprints = simulate_fingerprints(schedule, t1, t2, b1, n_states=n_states, device=device,
+                                             chunk_atoms=chunk_atoms, progress=progress).cpu().numpy()
     basis = basis_from_fingerprints(fingerprints, signal_phase(schedule), schedule.hash, rank, residual_energy)
     compressed = basis.project_real(fingerprints)
     return Dictionary(
         schedule=schedule, grid=grid, t1_ms=t1.astype(np.float32), t2_ms=t2.astype(np.float32),
         b1=b1.astype(np.float32), grid_index=index, basis=basis, compressed=compressed,
         fingerprints=fingerprints if keep_fingerprints else None, n_states=n_states,
-        build_seconds=time.perf_counter() - start,
+        build_seconds=time.perf_counter() - start, slice_profile=slice_profile,
     )

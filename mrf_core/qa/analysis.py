@@ -24,7 +24,7 @@ import numpy as np
 
 import mrf_core
 from mrf_core.io.map_images import USHORT_MAX, ImageGeometry, MapFile, read_map_file
-from mrf_core.mapping.maps import MapsError
+from mrf_core.mapping.maps import B1_META, B1_SOURCE_META, PROFILE_META, MapsError
 from mrf_core.qa import QAError
 from mrf_core.qa.metrics import Evaluation, Tolerances, evaluate
 from mrf_core.qa.references import (
@@ -84,6 +84,7 @@ class QAResult:
     maps: dict[str, np.ndarray]
     agreement: float
     warnings: list[str] = field(default_factory=list)
+    corrections: dict[str, dict] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.datetime.now().isoformat(timespec="seconds"))
     geometry: ImageGeometry | None = None  # the analysed slice's position and directions (figures' orientation)
     software: str = f"mrf-gadgetron {mrf_core.__version__}"
@@ -118,6 +119,7 @@ class QAResult:
             "agreement_median_abs_log": self.agreement,
             "settings": self.settings.to_json(),
             "metrics": {q: m.to_json() for q, m in self.evaluation.metrics.items()},
+            "corrections": self.corrections,
             "spheres": spheres,
         })
 
@@ -262,6 +264,13 @@ def run_qa(
         warnings.extend(f"not analysed: {e}" for e in errors)
     warnings.extend(saturation_warnings(map_file, reference))
     warnings.extend(quantisation_notes(stats))
+    corrections = {q: map_corrections(map_file, q) for q in QUANTITIES}
+    if any(c["b1_corrected"] is False for c in corrections.values()):
+        warnings.append("B1 not corrected: the maps assume B1 = 1 (no B1 map, no B1 estimate); FISP-MRF T2 (and T1 "
+                        "less so) is biased where the transmit field differs")
+    hint = b1_bias_hint(evaluation, corrections["t2_ms"]["b1_corrected"])
+    if hint:
+        warnings.append(hint)
     if layout.mirrored:
         warnings.append("the sphere numbering runs anticlockwise: the phantom (or the image) is mirrored")
     missing = [n for n, found in layout.found.items() if not found]
@@ -273,7 +282,7 @@ def run_qa(
     source = {"path": str(path), "group": map_file.group, "slice": slice_index, "n_slices": len(map_file.slices),
               "mapper": _meta_value(map_file, "MRF_Mapper")}
     return QAResult(source, reference, settings, grid, layout, radius_mm, stats, evaluation, maps, score, warnings,
-                    geometry=map_file.geometry.get(slice_index))
+                    corrections, geometry=map_file.geometry.get(slice_index))
 
 
 def quantisation_notes(stats: dict[int, dict[str, RoiStats]]) -> list[str]:
@@ -287,6 +296,39 @@ def quantisation_notes(stats: dict[int, dict[str, RoiStats]]) -> list[str]:
                          "same value, one point of the mapper's grid (a dictionary's T1/T2 step), so the variation "
                          "is below one grid step, not zero")
     return notes
+
+
+
+
+def map_corrections(map_file: MapFile, quantity: str) -> dict:
+    """How a map handled B1 and the slice profile, from its image meta (None: the meta does not say, e.g.
+    maps from another reconstruction)."""
+    b1 = _meta_value(map_file, B1_META, quantity)
+    profile = _meta_value(map_file, PROFILE_META, quantity)
+    return {"b1_corrected": None if b1 is None else b1 != "none", "b1_correction": b1,
+            "b1_source": _meta_value(map_file, B1_SOURCE_META, quantity),
+            "slice_profile_corrected": None if profile is None else profile != "none", "slice_profile": profile}
+
+
+def b1_bias_hint(evaluation: Evaluation, b1_corrected: bool | None) -> str | None:
+    """A hint when B1 was not corrected and the counted T2 spheres fail the way a B1 error makes them: three or
+    more failing, all with one sign, and at least 80 % of the counted spheres off in that direction."""
+    if b1_corrected:
+        return None
+    t2 = [r for r in evaluation.spheres if r.quantity == "t2_ms" and r.counted and math.isfinite(r.error_pct)]
+    failed = [r for r in t2 if r.passed is False]
+    signs = {math.copysign(1.0, r.error_pct) for r in failed}
+    if len(failed) < 3 or len(signs) != 1:
+        return None
+    sign = signs.pop()
+    same = sum(math.copysign(1.0, r.error_pct) == sign for r in t2)
+    if same < 0.8 * len(t2):
+        return None
+    errors = [r.error_pct for r in failed]
+    return (f"hint: T2 of spheres {', '.join(str(r.sphere) for r in failed)} is {'low' if sign < 0 else 'high'} "
+            f"({min(errors):+.1f} to {max(errors):+.1f} %), and {same} of {len(t2)} counted spheres err the same "
+            "way: the pattern of a transmit-field (B1) error. Give a B1 map (setting b1_map) or map with a B1-axis "
+            "dictionary (b1_values)")
 
 
 def saturation_warnings(map_file: MapFile, reference: Reference) -> list[str]:
@@ -308,6 +350,6 @@ def _pct(log_ratio: float) -> str:
     return f"{100 * (math.exp(log_ratio) - 1):.0f} %"
 
 
-def _meta_value(map_file: MapFile, key: str) -> str | None:
-    value = map_file.meta.get("t1_ms", {}).get(key)
+def _meta_value(map_file: MapFile, key: str, quantity: str = "t1_ms") -> str | None:
+    value = map_file.meta.get(quantity, {}).get(key)
     return value[0] if isinstance(value, list) else value

@@ -211,6 +211,17 @@ img { max-width: 100%; display: block; margin: 0.5em 0; }
 """
 
 
+def _corrections_text(result: QAResult) -> str:
+    """One sentence on how the T2 map (the B1-sensitive one) handled B1 and the slice profile."""
+    c = result.corrections.get("t2_ms")
+    if not c or c["b1_correction"] is None:
+        return "B1 and slice profile: not stated by the maps."
+    b1 = {"none": "not corrected (B1 = 1 assumed)", "map": f"corrected ({c['b1_source']})",
+          "estimated": "estimated jointly"}.get(c["b1_correction"], c["b1_correction"])
+    profile = "modelled (" + c["slice_profile"] + ")" if c["slice_profile_corrected"] else "not modelled"
+    return f"B1: {b1}; slice profile: {profile}."
+
+
 def render_html(result: QAResult, style: FigureStyle = DEFAULT_STYLE) -> str:
     """The report as one HTML document with every figure embedded (maps in `style`)."""
     reference = result.reference
@@ -238,7 +249,7 @@ Spheres found on {placement.n_found} of 14 blobs; placement: shift ({placement.s
 {placement.shift_mm[1]:.1f}) mm, rotation {placement.rotation_deg:.1f} deg, scale {placement.scale:.3f}
 {"(mirrored)" if placement.mirrored else ""}; fit rms {placement.fit_rms_mm:.2f} mm; ROI radius
 {result.roi_radius_mm:.1f} mm (sphere radius less {result.settings.erosion_mm:g} mm);
-measured value = ROI {result.settings.statistic}.</p>
+measured value = ROI {result.settings.statistic}. {html.escape(_corrections_text(result))}</p>
 <h2>Failures</h2><ul id="failures">{items(result.evaluation.failures)}</ul>
 <h2>Warnings</h2><ul id="warnings">{items(result.warnings)}</ul>
 <h2>Agreement over the counted spheres</h2>{_metrics_table(result)}

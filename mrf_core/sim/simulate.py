@@ -1,7 +1,9 @@
 """Spiral MRF raw-data simulator: phantom + schedule + spiral + coils + noise -> ISMRMRD acquisitions.
 
 Signal: every object voxel's fingerprint comes from the EPG (`simulate_fingerprints`) at that voxel's own
-(continuous) T1, T2 and B1, times its PD; voxels that share all three values share one simulation.
+(continuous) T1, T2 and B1, times its PD; voxels that share all three values share one simulation. With a
+`slice_profile` (mrf_core.physics.slice_profile) it is the sum over sub-slices of the fingerprints at the
+profile's flip scales, and the header states the pulse (user parameter MRF_slice_profile).
 The EPG signal is i exp(i rf_phase) times a real fingerprint (see mrf_core.physics.epg), so the slice's
 fingerprints are compressed in real arithmetic to a temporal subspace: U (n_timepoints, K), the
 leading eigenvectors of the PD^2-weighted Gram matrix of the slice's own fingerprints, with K the
@@ -42,6 +44,7 @@ from mrf_core.errors import MrfError
 from mrf_core.io.rawio import INDEX_MAP_PARAMETER, TIMESTAMP_TICK_MS, GroundTruth, IndexMap, write_raw
 from mrf_core.physics.epg import DEFAULT_N_STATES, signal_phase, simulate_fingerprints
 from mrf_core.physics.sequence import FispSchedule
+from mrf_core.physics.slice_profile import SliceProfile, profile_fingerprints
 from mrf_core.progress import bar as progress_bar
 from mrf_core.recon.trajectory import GAMMA_HZ_PER_T, Spiral, SpiralParams, design_spiral, nufft_coords
 from mrf_core.sim.coil_sim import birdcage_sensitivities, correlated_noise, noise_covariance
@@ -61,9 +64,10 @@ class SimulationSetupError(MrfError):
 @dataclass(frozen=True)
 class ScanSettings:
     """Receive chain, noise, slice geometry and numerics of a simulated scan (the spiral and the
-    schedule are separate). snr None: noiseless. block_mb: memory for the transformed coefficient
-    images of one block of interleaves (rank x coils x interleaves x samples x 8 bytes: ~180 MB for
-    all 48 interleaves of the standard scan at rank 14; golden-angle scans go in blocks)."""
+    schedule are separate). snr None: noiseless. slice_profile None: an ideal profile. block_mb: memory
+    for the transformed coefficient images of one block of interleaves (rank x coils x interleaves x
+    samples x 8 bytes: ~180 MB for all 48 interleaves of the standard scan at rank 14; golden-angle scans
+    go in blocks)."""
 
     n_coils: int = 16
     snr: float | None = 40.0
@@ -79,6 +83,7 @@ class ScanSettings:
     seed: int = 0
     index_map: IndexMap = field(default_factory=IndexMap)
     stack_of_spirals: bool = False
+    slice_profile: SliceProfile | None = None
 
     def __post_init__(self) -> None:
         checks = (
@@ -113,7 +118,8 @@ class SliceModel:
         return int(self.basis.shape[1])
 
 
-def _fingerprints(schedule: FispSchedule, atoms: np.ndarray, n_states: int) -> Iterator[tuple[slice, np.ndarray]]:
+def _fingerprints(schedule: FispSchedule, atoms: np.ndarray, n_states: int,
+                  profile: SliceProfile | None = None) -> Iterator[tuple[slice, np.ndarray]]:
     """Real fingerprints of atoms (b1, t1_ms, t2_ms), in chunks: (rows, (n, n_timepoints) float32).
 
     Atoms come sorted by B1, so a chunk holds few B1 values and the EPG groups them onto its
@@ -121,8 +127,12 @@ def _fingerprints(schedule: FispSchedule, atoms: np.ndarray, n_states: int) -> I
     for lo in progress_bar(range(0, len(atoms), _EPG_CHUNK), desc="EPG of the phantom's distinct voxels",
                            unit="chunk"):
         rows = slice(lo, min(lo + _EPG_CHUNK, len(atoms)))
-        yield rows, simulate_fingerprints(schedule, atoms[rows, 1], atoms[rows, 2], atoms[rows, 0],
-                                          n_states=n_states, device="cpu").numpy()
+        if profile is not None:
+            yield rows, profile_fingerprints(schedule, atoms[rows, 1], atoms[rows, 2], atoms[rows, 0], profile,
+                                             n_states=n_states, device="cpu").numpy()
+        else:
+            yield rows, simulate_fingerprints(schedule, atoms[rows, 1], atoms[rows, 2], atoms[rows, 0],
+                                              n_states=n_states, device="cpu").numpy()
 
 
 def subspace_model(
@@ -132,6 +142,7 @@ def subspace_model(
     n_states: int = DEFAULT_N_STATES,
     svd_tolerance: float = 1e-6,
     max_rank: int = 64,
+    profile: SliceProfile | None = None,
 ) -> SliceModel:
     """Simulate the slice's distinct voxels with the EPG and compress them (module docstring)."""
     mask = phantom.mask[slice_index]
@@ -146,7 +157,7 @@ def subspace_model(
     gram = np.zeros((n_t, n_t))
     mean_abs = np.empty(len(atoms))
     cache = [] if len(atoms) * n_t * 4 <= _FINGERPRINT_CACHE_BYTES else None
-    for rows, f in _fingerprints(schedule, atoms, n_states):
+    for rows, f in _fingerprints(schedule, atoms, n_states, profile):
         g = f.astype(np.float64) * np.sqrt(weight[rows])[:, None]
         gram += g.T @ g
         mean_abs[rows] = np.abs(f).mean(axis=1)
@@ -160,7 +171,7 @@ def subspace_model(
     rank = min(int(enough[0]) + 1 if enough.size else n_t, max_rank, len(atoms))
     basis = np.ascontiguousarray(eigenvectors[:, :rank])
     coeff_atoms = np.empty((len(atoms), rank))
-    for rows, f in cache if cache is not None else _fingerprints(schedule, atoms, n_states):
+    for rows, f in cache if cache is not None else _fingerprints(schedule, atoms, n_states, profile):
         coeff_atoms[rows] = f @ basis
     n = phantom.matrix
     coefficients = np.zeros((rank, n, n), dtype=np.float32)
@@ -214,7 +225,8 @@ class SimulatedScan:
         self.stats = SimulationStats()
         started = time.perf_counter()
         self.models = [
-            subspace_model(phantom, s, schedule, settings.n_states, settings.svd_tolerance, settings.max_rank)
+            subspace_model(phantom, s, schedule, settings.n_states, settings.svd_tolerance, settings.max_rank,
+                           settings.slice_profile)
             for s in range(phantom.n_slices)
         ]
         self.stats.seconds["epg_subspace"] = time.perf_counter() - started
@@ -268,6 +280,9 @@ class SimulatedScan:
         header.userParameters.userParameterString.append(
             xsd.userParameterStringType(name=INDEX_MAP_PARAMETER, value=imap.to_string())
         )
+        if self.settings.slice_profile is not None:
+            header.userParameters.userParameterString.append(
+                xsd.userParameterStringType(name="MRF_slice_profile", value=self.settings.slice_profile.spec))
         return header
 
     def truth(self) -> GroundTruth:
@@ -280,6 +295,7 @@ class SimulatedScan:
                 "snr": s.snr, "noise_sigma": self.noise_sigma, "reference_signal": self.reference_signal,
                 "noise_correlation": s.noise_correlation, "n_coils": s.n_coils, "seed": s.seed,
                 "n_states": s.n_states, "svd_tolerance": s.svd_tolerance, "svd_rank": self.stats.ranks,
+                "slice_profile": s.slice_profile.spec if s.slice_profile else "none",
                 "svd_residual_energy": self.stats.residuals, "n_distinct_voxels": self.stats.n_atoms,
                 "slice_positions_mm": self.slice_positions_mm.tolist(),
                 "schedule": self.schedule.name, "schedule_hash": self.schedule.hash,

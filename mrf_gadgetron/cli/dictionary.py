@@ -24,6 +24,9 @@ def register(sub) -> None:
                    help="T2 range of the percent grid, ms")
     b.add_argument("--b1", type=float, nargs=3, default=None, metavar=("LO", "HI", "STEP"),
                    help="add a B1 axis from LO to HI (inclusive) in steps of STEP")
+    b.add_argument("--slice-profile", default="none", metavar="SHAPE:TBW[:N]",
+                   help="model the 2-D slice profile of this RF pulse, e.g. hann-sinc:4 (N sub-slices, default 20; "
+                   "N times the build time); none: an ideal profile")
     b.add_argument("--schedule", default=None, metavar="FILE", help="schedule file (default: Jiang 2015)")
     b.add_argument("--timepoints", type=int, default=None, metavar="N", help="use only the first N TRs")
     b.add_argument("--states", type=int, default=50, metavar="N", help="EPG states")
@@ -51,6 +54,7 @@ def run_build(args) -> int:
     from mrf_core.io.atomic import check_writable
     from mrf_core.physics.dictionary import GRIDS, build_dictionary, store_in_cache
     from mrf_core.physics.sequence import load_schedule
+    from mrf_core.physics.slice_profile import SliceProfile
     from mrf_core.physics.temporal_basis import DEFAULT_RANK
 
     check_writable(args.out)
@@ -69,7 +73,8 @@ def run_build(args) -> int:
     grid = GRIDS[args.grid](**grid_args)
     print(f"{schedule.describe()}\ngrid {grid.name}: {grid.n_atoms} atoms")
     d = build_dictionary(schedule, grid, n_states=args.states, rank=args.rank, residual_energy=args.energy,
-                         keep_fingerprints=not args.compressed_only, device=args.device)
+                         keep_fingerprints=not args.compressed_only, device=args.device,
+                         slice_profile=SliceProfile.parse(args.slice_profile))
     d.save(args.out)
     print(d.describe())
     rate = d.n_atoms * schedule.n_timepoints / max(d.build_seconds, 1e-9) / 1e6

@@ -47,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="scale the phantom in plane")
     p.add_argument("--b1-field", type=float, default=0.0, metavar="AMPLITUDE",
                    help="centre-bright B1 field, e.g. 0.1 for +-10 %%; 0: uniform B1 = 1")
+    p.add_argument("--slice-profile", default="none", metavar="SHAPE:TBW[:N]",
+                   help="model the 2-D slice profile of this RF pulse, e.g. hann-sinc:4 (N sub-slices, default 20); "
+                   "none: an ideal profile")
     p.add_argument("--states", type=int, default=None, metavar="N", help="EPG states (default 50)")
     p.add_argument("--index-map", default=None, metavar="SPEC",
                    help="acquisition fields for the indices, e.g. 'timepoint=user_int[0]' (default: "
@@ -70,6 +73,7 @@ def run(args) -> int:
     from mrf_core.io.rawio import IndexMap
     from mrf_core.physics.epg import DEFAULT_N_STATES
     from mrf_core.physics.sequence import load_schedule
+    from mrf_core.physics.slice_profile import SliceProfile
     from mrf_core.recon.trajectory import SpiralParams
     from mrf_core.sim.phantoms import Placement, make_phantom
     from mrf_core.sim.simulate import ScanSettings, simulate_to_file
@@ -91,6 +95,7 @@ def run(args) -> int:
         n_states=args.states if args.states is not None else DEFAULT_N_STATES, seed=args.seed,
         index_map=IndexMap.from_string(args.index_map) if args.index_map else IndexMap(),
         stack_of_spirals=args.stack_of_spirals,
+        slice_profile=SliceProfile.parse(args.slice_profile),
     )
     phantom = make_phantom(
         args.phantom, field_t=args.field, batch=args.batch, matrix=args.matrix, fov_mm=args.fov,

@@ -53,6 +53,9 @@ def register(sub) -> None:
     p.add_argument("--t2-range", type=float, nargs=2, default=None, metavar=("LO", "HI"), help="ms (default 2 2000)")
     p.add_argument("--b1-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="also draw and predict B1 in this range (default: B1 = 1, not predicted)")
+    p.add_argument("--b1-input", action="store_true",
+                   help="take B1 (a B1 map's value) as an input beside the signal and predict T1/T2 only; needs "
+                   "--b1-range")
     p.add_argument("--distribution", choices=("log-uniform", "uniform"), default=None, help="default log-uniform")
     p.add_argument("--scaling", choices=("log", "linear"), default=None, help="output scaling (default log)")
     p.add_argument("--states", dest="n_states", type=int, default=None, help="EPG states (default 50)")
@@ -92,6 +95,8 @@ def config_from_args(args):
         if getattr(args, key) is not None:
             space[key] = getattr(args, key)
     values["space"] = ParameterSpace(**space)
+    if args.b1_input:
+        values["b1_input"] = True
     values["progress"] = not args.quiet
     return TrainConfig(**values)
 
