@@ -346,10 +346,10 @@ def _run(job: ScanJob, resume: bool, row: dict):
                stages=";".join(f"{s.label}={s.closed_s or 0:.2f}" for s in chain.stages))  # CLOSE, s since start
     if job.figure:
         t0 = time.perf_counter()
-        from mrf_gadgetron.cli.replay import save_maps_png
+        from mrf_core.plotting import plot_map_file
 
         try:
-            save_maps_png(out, job.figure_path, title=f"{Path(job.raw).name} through {Path(config.source).name}")
+            plot_map_file(out, job.figure_path, title=f"{Path(job.raw).name} through {Path(config.source).name}")
             row["figure"] = str(job.figure_path)
         except MrfError as exc:  # e.g. a configuration that writes coefficients, not maps
             row["notes"] = f"no maps figure: {exc}"
