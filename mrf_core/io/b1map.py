@@ -43,17 +43,10 @@ class B1MapError(MrfError):
 
 
 def slice_affine(geometry: ImageGeometry, shape: tuple[int, int], thickness_mm: float | None = None) -> np.ndarray:
-    """The 4 x 4 affine of an (ny, nx) image of `geometry`: (column, row, slice, 1) -> LPS mm."""
-    ny, nx = shape
-    fov = np.asarray(geometry.fov_mm, dtype=np.float64)
-    dx, dy = fov[0] / nx, fov[1] / ny
-    dz = thickness_mm if thickness_mm is not None else fov[2]
-    read, phase, normal = (np.asarray(v, dtype=np.float64) for v in
-                           (geometry.read_dir, geometry.phase_dir, geometry.slice_dir))
-    affine = np.eye(4)
-    affine[:3, 0], affine[:3, 1], affine[:3, 2] = read * dx, phase * dy, normal * (dz if dz > 0 else 1.0)
-    affine[:3, 3] = np.asarray(geometry.position) - (nx // 2) * dx * read - (ny // 2) * dy * phase
-    return affine
+    """The 4 x 4 affine of an (ny, nx) image of `geometry`: (column, row, slice, 1) -> LPS mm; the slice axis
+    is thickness_mm (default fov z), 1 mm when that is not positive."""
+    dz = thickness_mm if thickness_mm is not None else geometry.fov_mm[2]
+    return geometry.pixel_to_lps(shape, dz if dz > 0 else 1.0)
 
 
 def pixel_positions_mm(geometry: ImageGeometry, shape: tuple[int, int]) -> np.ndarray:

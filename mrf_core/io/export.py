@@ -52,16 +52,10 @@ def _need(module: str, extra: str):
 
 
 def pixel_to_lps(geometry: ImageGeometry, shape: tuple[int, int]) -> np.ndarray:
-    """4x4 matrix from (column, row, 0, 1) of one slice to LPS mm, as the module docstring derives it."""
-    ny, nx = shape
-    dx, dy = geometry.fov_mm[0] / nx, geometry.fov_mm[1] / ny
-    read, phase = np.asarray(geometry.read_dir, float), np.asarray(geometry.phase_dir, float)
-    matrix = np.eye(4)
-    matrix[:3, 0] = dx * read
-    matrix[:3, 1] = dy * phase
-    matrix[:3, 2] = np.asarray(geometry.slice_dir, float) * (geometry.fov_mm[2] if geometry.fov_mm[2] > 0 else dx)
-    matrix[:3, 3] = np.asarray(geometry.position, float) - (nx // 2) * dx * read - (ny // 2) * dy * phase
-    return matrix
+    """4x4 matrix from (column, row, 0, 1) of one slice to LPS mm, as the module docstring derives it; the
+    slice axis is the slice thickness (fov z), or the pixel width when the images carry none."""
+    thickness = geometry.fov_mm[2] if geometry.fov_mm[2] > 0 else geometry.fov_mm[0] / shape[1]
+    return geometry.pixel_to_lps(shape, thickness)
 
 
 def volume_affine_ras(map_file: MapFile) -> np.ndarray:

@@ -51,6 +51,19 @@ class ImageGeometry:
         fields = ("position", "read_dir", "phase_dir", "slice_dir", "patient_table_position")
         return cls(tuple(float(v) for v in fov_mm), *(tuple(float(v) for v in getattr(head, f)) for f in fields))
 
+    def pixel_to_lps(self, shape: tuple[int, int], slice_step_mm: float) -> np.ndarray:
+        """4 x 4 matrix from (column, row, slice, 1) of an (ny, nx) image to LPS mm: pixel (nx // 2, ny // 2) is
+        at `position` (the FFT centre), columns run along read_dir, rows along phase_dir, and one slice index is
+        `slice_step_mm` along slice_dir."""
+        ny, nx = shape
+        dx, dy = self.fov_mm[0] / nx, self.fov_mm[1] / ny
+        read, phase = np.asarray(self.read_dir, np.float64), np.asarray(self.phase_dir, np.float64)
+        matrix = np.eye(4)
+        matrix[:3, 0], matrix[:3, 1] = dx * read, dy * phase
+        matrix[:3, 2] = np.asarray(self.slice_dir, np.float64) * slice_step_mm
+        matrix[:3, 3] = np.asarray(self.position, np.float64) - (nx // 2) * dx * read - (ny // 2) * dy * phase
+        return matrix
+
     def apply(self, head: ismrmrd.ImageHeader) -> None:
         head.field_of_view = self.fov_mm
         for name in ("position", "read_dir", "phase_dir", "slice_dir", "patient_table_position"):
