@@ -261,6 +261,7 @@ def recon_settings(settings, basis_source: str) -> ReconSettings:
     defaults = ReconSettings()
     return ReconSettings(
         method=settings.method, rank=rank, n_virtual_coils=settings.virtual_coils or None,
+        coil_energy=settings.coil_energy,
         coil_method=settings.coil_method, nufft_backend=settings.nufft_backend,
         n_iterations=settings.iterations or None, llr_lambda=settings.llr_lambda, device=settings.device,
         n_threads=settings.threads or defaults.n_threads,

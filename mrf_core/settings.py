@@ -37,8 +37,9 @@ QUANTITY_KEYS = ("t1_ms", "t2_ms", "pd", "b1", "quality")
 PULSE_SHAPES = ("hann-sinc",)  # mrf_core.physics.slice_profile.PULSE_SHAPES
 CACHE_HOME = "$XDG_CACHE_HOME"
 # ReconSettings' defaults, literal for the same reason (tests check them against ReconSettings).
-RECON_DEFAULTS = {"method": "llr", "n_virtual_coils": 8, "coil_method": "lowres", "nufft_backend": "finufft",
-                  "llr_lambda": 1.2, "n_threads": 2, "iterations": {"cg": 5, "llr": 30}}
+RECON_DEFAULTS = {"method": "llr", "n_virtual_coils": 8, "coil_energy": 0.999, "coil_method": "lowres",
+                  "nufft_backend": "finufft",
+                  "llr_lambda": 1.2, "n_threads": 2, "iterations": {"cg": 5, "llr": 25}}
 
 
 class SettingsError(MrfError):
@@ -203,7 +204,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("llr_lambda", f"{_R['llr_lambda']:g}", number(0.0),
             "locally low-rank weight of method llr, relative to the largest block singular value", ("recon",)),
     Setting("virtual_coils", str(_R["n_virtual_coils"]), integer(0, 256),
-            "coil compression to this many virtual coils (0: none)", ("recon",)),
+            "coil compression to at most this many virtual coils (0: none)", ("recon",)),
+    Setting("coil_energy", f"{_R['coil_energy']:g}", number(0.0, 1.0, low_open=True),
+            "coil compression keeps the fewest virtual coils (up to virtual_coils) that hold this fraction of "
+            "the whitened data's energy (1: always virtual_coils)", ("recon",)),
     Setting("coil_method", _R["coil_method"], choice(*COIL_METHODS), "coil sensitivity estimation", ("recon",)),
     Setting("nufft_backend", _R["nufft_backend"], choice(*NUFFT_BACKENDS), "NUFFT implementation", ("recon",)),
     Setting("psf_cache_dir", f"{CACHE_HOME}/mrf-gadgetron/psf", optional_path,

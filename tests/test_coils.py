@@ -38,10 +38,17 @@ def test_compression_keeps_the_energy_of_a_low_rank_array():
     mixing = rng.standard_normal((8, 2)) + 1j * rng.standard_normal((8, 2))
     sources = rng.standard_normal((2, 5000)) + 1j * rng.standard_normal((2, 5000))
     data = mixing @ sources + 1e-3 * rng.standard_normal((8, 5000))
-    m, kept = compression_matrix(data, 2)
+    covariance = data @ data.conj().T
+    m, kept = compression_matrix(covariance, 2)
     assert m.shape == (2, 8) and kept > 0.9999
     np.testing.assert_allclose(m @ m.conj().T, np.eye(2), atol=1e-5)
     assert np.linalg.norm(m @ data) / np.linalg.norm(data) > 0.9999
+    # an energy goal takes the fewest virtual coils that keep it: 2 sources carry all but the noise
+    m, kept = compression_matrix(covariance, 8, energy=0.999)
+    assert m.shape == (2, 8) and kept == pytest.approx(np.linalg.norm(m @ data) ** 2 / np.linalg.norm(data) ** 2)
+    assert compression_matrix(covariance, 8, energy=1.0)[0].shape == (8, 8)
+    one = np.linalg.norm(compression_matrix(covariance, 1)[0] @ data) ** 2 / np.linalg.norm(data) ** 2
+    assert compression_matrix(covariance, 8, energy=one * 0.999)[0].shape == (1, 8)
 
 
 def _object(n):

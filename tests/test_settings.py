@@ -31,7 +31,8 @@ def test_literal_copies_agree_with_the_library():
     assert table.PULSE_SHAPES == PULSE_SHAPES
     recon = ReconSettings()
     assert table.RECON_DEFAULTS == {
-        "method": recon.method, "n_virtual_coils": recon.n_virtual_coils, "coil_method": recon.coil_method,
+        "method": recon.method, "n_virtual_coils": recon.n_virtual_coils, "coil_energy": recon.coil_energy,
+        "coil_method": recon.coil_method,
         "nufft_backend": recon.nufft_backend, "llr_lambda": recon.llr_lambda, "n_threads": recon.n_threads,
         "iterations": DEFAULT_ITERATIONS}
 

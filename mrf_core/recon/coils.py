@@ -5,7 +5,8 @@ coil combination.
   Psi = L L^H, so the whitened channels carry unit-variance white noise. A near-singular Psi (a dead
   channel) is regularised with 1e-6 of its largest eigenvalue, and the returned note says so.
 - Compression (`compression_matrix`): the leading eigenvectors of the (whitened) data's channel
-  covariance; M (V, C) maps C channels to V virtual coils, ordered by energy.
+  covariance; M (V, C) maps C channels to V virtual coils, ordered by energy, V the fewest that keep a
+  given fraction of the energy, up to a maximum.
 - Sensitivities from coil images (the time-averaged image of each virtual coil, which a spiral MRF scan
   samples fully over its TRs):
   "lowres": a Hann window `calibration_cycles` cycles/FOV wide on the images' k-space, then
@@ -57,20 +58,20 @@ def noise_whitening(noise: np.ndarray) -> tuple[np.ndarray, str | None]:
     return np.linalg.inv(lower).astype(np.complex64), note
 
 
-def compression_matrix(samples: np.ndarray, n_virtual: int) -> tuple[np.ndarray, float]:
-    """M (V, C) complex64 from channel samples (C, n), and the fraction of the energy the V virtual coils
-    keep."""
-    samples = np.asarray(samples)
-    n_c = samples.shape[0]
+def compression_matrix(covariance: np.ndarray, n_virtual: int, energy: float = 1.0) -> tuple[np.ndarray, float]:
+    """M (V, C) complex64 from the channels' covariance (C, C), and the fraction of the energy the V virtual
+    coils keep: V is the fewest principal components keeping `energy` of the total, at most n_virtual."""
+    covariance = np.asarray(covariance, dtype=np.complex128)
+    n_c = covariance.shape[0]
     n_virtual = min(int(n_virtual), n_c)
     if n_virtual < 1:
         raise CoilError(f"n_virtual = {n_virtual} must be >= 1")
-    flat = samples.reshape(n_c, -1)
-    cov = (flat @ flat.conj().T).astype(np.complex128)
-    values, vectors = np.linalg.eigh(cov)
-    values, vectors = values[::-1], vectors[:, ::-1]
-    kept = float(values[:n_virtual].sum() / values.sum()) if values.sum() > 0 else 1.0
-    return np.ascontiguousarray(vectors[:, :n_virtual].conj().T).astype(np.complex64), kept
+    values, vectors = np.linalg.eigh(covariance)
+    values, vectors = np.maximum(values[::-1], 0.0), vectors[:, ::-1]
+    total = values.sum()
+    fractions = np.cumsum(values) / total if total > 0 else np.ones(n_c)
+    n_virtual = min(n_virtual, int(np.searchsorted(fractions, energy * (1 - 1e-12))) + 1)
+    return np.ascontiguousarray(vectors[:, :n_virtual].conj().T).astype(np.complex64), float(fractions[n_virtual - 1])
 
 
 def combine_coils(images: np.ndarray, coil_maps: np.ndarray) -> np.ndarray:

@@ -265,11 +265,21 @@ class Layout:
 
 @dataclass
 class _Pending:
+    """A slice being gathered. kspace: (expected readouts, C, S), each readout written into its row as it
+    arrives (the copy a slice needs happens while the scan streams, not after its last readout)."""
+
+    kspace: np.ndarray
     numbers: list[int] = field(default_factory=list)
     counters: list[np.ndarray] = field(default_factory=list)
-    data: list[np.ndarray] = field(default_factory=list)
     traj: list[np.ndarray | None] = field(default_factory=list)
     header: ismrmrd.AcquisitionHeader | None = None
+
+    def add(self, number: int, counters: np.ndarray, data: np.ndarray, traj: np.ndarray | None) -> None:
+        """File a readout (a slice completes at its expected count, so a row is always free)."""
+        self.kspace[len(self.numbers)] = data
+        self.numbers.append(number)
+        self.counters.append(counters)
+        self.traj.append(traj)
 
 
 class SliceGatherer:
@@ -288,6 +298,8 @@ class SliceGatherer:
         self._noise: list[np.ndarray] = []
         self._count = 0
         self._logged_layout: str | None = None
+        if info.spiral is not None:  # the header's design DCF (~1 s of Pipe-Menon, cached) before any readout
+            design_spiral(info.spiral).dcf()
 
     def add(self, acq: ismrmrd.Acquisition) -> list[SliceData]:
         """File one acquisition; returns the slices it completed (usually none, at most one)."""
@@ -306,11 +318,11 @@ class SliceGatherer:
                                       f"[0, {n_slices or 'inf'}) (encodingLimits)")
         if slice_index in self._done:
             raise GatherError(f"acquisition {number}: slice {slice_index} was already complete")
-        pending = self._pending.setdefault(slice_index, _Pending())
-        pending.numbers.append(number)
-        pending.counters.append(counter_values(acq))
-        pending.data.append(data)
-        pending.traj.append(traj)
+        pending = self._pending.get(slice_index)
+        if pending is None:
+            shape = (self.expected_readouts,) + data.shape
+            pending = self._pending[slice_index] = _Pending(np.empty(shape, dtype=np.complex64))
+        pending.add(number, counter_values(acq), data, traj)
         if pending.header is None:
             pending.header = acq.getHead()
         last = acq.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE) and self.info.n_partitions == 1
@@ -345,7 +357,7 @@ class SliceGatherer:
                 log.info("index layout detected from the counters (no index map stated): %s", found)
                 self._logged_layout = found
         timepoint, interleave = layout.timepoint, layout.interleave
-        kspace = np.stack(pending.data)[None]  # (partitions, R, C, S)
+        kspace = pending.kspace[None, :numbers.size]  # (partitions, R, C, S)
         headers = [pending.header]
         if self.info.n_partitions > 1:
             keep, kspace, headers = self._partitions(slice_index, layout, kspace[0], pending.header)
@@ -366,7 +378,7 @@ class SliceGatherer:
         first = slice_index * len(headers) if len(headers) > 1 else slice_index
         return [SliceData(
             slice_index=first + z,
-            kspace=kspace[z][order],
+            kspace=kspace[z] if np.array_equal(order, np.arange(order.size)) else kspace[z][order],
             traj=traj,
             interleave=interleave[order],
             dcf=dcf,

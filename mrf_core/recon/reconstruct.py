@@ -40,7 +40,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +53,7 @@ from mrf_core.recon.coils import COIL_METHODS, combine_coils, compression_matrix
 from mrf_core.recon.gather import SliceData
 from mrf_core.recon.nufft import BACKENDS, DEFAULT_THREADS, Nufft, backend_available
 from mrf_core.recon.subspace import (
+    STEP_MARGIN,
     SubspaceOperator,
     SubspaceSampling,
     ToeplitzNormal,
@@ -70,9 +71,10 @@ _COVERAGE_CELLS = 16  # k-space coverage is checked on a 16 x 16 grid of cells
 _COVERAGE_RADIUS = 0.95  # ... inside this fraction of matrix/2
 _COMPRESSION_SAMPLES = 200_000
 # Measured on the NIST plates (256^2, 1000 TRs; README): CG semi-converges (T2 error grows after ~5
-# iterations: noise and the subspace model error); LLR at rank 10, lambda 1.2 needs 30 iterations for the
-# short-T1 spheres (T1 45-126 ms: 10 iterations leave them 30-70 % high, 20 up to 6 %, 30 within 4 %).
-DEFAULT_ITERATIONS = {"cg": 5, "llr": 30}
+# iterations: noise and the subspace model error); LLR at rank 10, lambda 1.2 needs 25 iterations (FISTA's
+# step margin 0.9; 30 at the former 1.25) for the short-T1 spheres (T1 45-126 ms: 10 iterations leave them
+# up to 20 % high, 20 up to 5.5 %, 25 within 4.5 %; benchmarks/bench_convergence.py).
+DEFAULT_ITERATIONS = {"cg": 5, "llr": 25}
 
 
 class ReconError(MrfError):
@@ -83,17 +85,21 @@ class ReconError(MrfError):
 class ReconSettings:
     """How to reconstruct a slice (module docstring). rank: truncate the given basis to this many
     components (None: use it whole; the default model's and dictionary's bases have rank 10);
-    n_virtual_coils: None or >= the channel count skips compression; n_iterations None: DEFAULT_ITERATIONS
-    of the method; coverage_min: fraction of the k-space disc the interleaves must reach (else ReconError);
-    nufft_backend must run on device here (nufft.backend_available), else ReconError when the settings are made.
-    Defaults measured with benchmarks/bench_qa.py --sweep and benchmarks/bench_recon.py (README): llr at
-    rank 10, lambda 1.2, 30 iterations is the one setting tried that puts every measurable NIST sphere
-    within 5 % (rank 5 leaves the short-T1 spheres 14-28 % high); lowres coil maps match ESPIRiT's map
-    error at a fraction of its time; finufft is 3-4x faster than sigpy."""
+    n_virtual_coils: None or >= the channel count skips compression, else the most virtual coils, of which
+    the fewest that keep coil_energy of the whitened data's energy are used; n_iterations None:
+    DEFAULT_ITERATIONS of the method; step_margin: FISTA's first step-size constant over its eigenvalue
+    estimate (subspace.STEP_MARGIN); coverage_min: fraction of the k-space disc the interleaves must reach
+    (else ReconError); nufft_backend must run on device here (nufft.backend_available), else ReconError
+    when the settings are made. Defaults measured with benchmarks/bench_qa.py --sweep,
+    benchmarks/bench_convergence.py and benchmarks/bench_recon.py (README): llr at rank 10, lambda 1.2 puts
+    every measurable NIST sphere within 5 % at 25 iterations (rank 5 leaves the short-T1 spheres 14-28 %
+    high); 0.999 of the energy took 4 virtual coils on the simulated 16-channel scans with the maps of 8;
+    lowres coil maps match ESPIRiT's map error at a fraction of its time; finufft is 3-4x faster than sigpy."""
 
     method: str = "llr"
     rank: int | None = None
     n_virtual_coils: int | None = 8
+    coil_energy: float = 0.999
     coil_method: str = "lowres"
     coil_calibration_cycles: float = 24.0
     coil_mask_threshold: float = 0.05
@@ -105,6 +111,7 @@ class ReconSettings:
     lambda_l2: float = 0.0
     llr_lambda: float = 1.2
     llr_block: int = 8
+    step_margin: float = STEP_MARGIN
     device: str = "cpu"
     n_threads: int = DEFAULT_THREADS
     psf_cache_dir: str | None = None
@@ -118,12 +125,14 @@ class ReconSettings:
         checks = (
             ("rank", self.rank is None or self.rank >= 1),
             ("n_virtual_coils", self.n_virtual_coils is None or self.n_virtual_coils >= 1),
+            ("coil_energy", 0 < self.coil_energy <= 1),
             ("coil_calibration_cycles", self.coil_calibration_cycles > 0),
             ("coil_mask_threshold", 0 <= self.coil_mask_threshold < 1),
             ("nufft_eps", 1e-7 <= self.nufft_eps <= 1e-1),
             ("n_iterations", self.n_iterations is None or self.n_iterations >= 1),
             ("tolerance", self.tolerance >= 0), ("lambda_l2", self.lambda_l2 >= 0),
             ("llr_lambda", self.llr_lambda >= 0), ("llr_block", self.llr_block >= 2),
+            ("step_margin", self.step_margin > 0),
             ("n_threads", self.n_threads >= 1), ("coverage_min", 0 <= self.coverage_min <= 1),
         )
         for name, ok in checks:
@@ -248,15 +257,18 @@ def _check_slice(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
 
 # ---- pipeline ---------------------------------------------------------------------------------------
 def reconstruct_slice(data: SliceData, basis: TemporalBasis, settings: ReconSettings = ReconSettings(),
-                      progress: bool | None = None) -> ReconResult:
-    """Coefficient images of one slice by `settings.method` (module docstring). BLAS runs single-threaded
+                      progress: bool | None = None, observer: Callable[[int, np.ndarray], None] | None = None
+                      ) -> ReconResult:
+    """Coefficient images of one slice by `settings.method` (module docstring); observer(i, x) sees the
+    iterate after each iteration (cg, llr: e.g. accuracy against iterations in one run). BLAS runs single-threaded
     here: the stages' matrix products are small, and on a busy 2-core machine OpenBLAS's threads took up to
     27 s for a 0.1 s stage (measured); finufft and the FFTs use settings.n_threads."""
     with threadpool_limits(limits=1, user_api="blas"):
-        return _reconstruct(data, basis, settings, progress)
+        return _reconstruct(data, basis, settings, progress, observer)
 
 
-def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings, progress: bool | None) -> ReconResult:
+def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings, progress: bool | None,
+                 observer: Callable[[int, np.ndarray], None] | None) -> ReconResult:
     clock, notes = _Clock(), list(data.notes)
     basis = _basis_for(basis, data, settings)
     s = settings
@@ -279,11 +291,8 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
             weights = weights[:, -1:]
         z = reduce_readouts(kspace, sampling, weights)  # (K + 1 (or 1), C, J, S)
     with clock("compress"):
+        whitening = _compression(z, whitening, s)
         z = mix_channels(whitening, z)
-        coils = _compression(z, s.n_virtual_coils, notes)
-        if coils is not None:
-            z = mix_channels(coils, z)
-            whitening = coils @ whitening
     nufft = Nufft(sampling.traj, n, backend=s.nufft_backend, eps=s.nufft_eps, n_threads=s.n_threads,
                   device=s.device)
     with clock("coil_maps"):
@@ -320,8 +329,10 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
             def apply(c):
                 return normal.apply(c, maps)
 
-            def step(_):
+            def step(i, x):
                 bar.update()
+                if observer is not None:
+                    observer(i, x)
 
             if s.method == "cg":
                 scale = float(np.trace(gain)) / rank
@@ -331,7 +342,7 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
             else:
                 threshold = s.llr_lambda * _largest_block_value(backprojection, s.llr_block)
                 coefficients, record = fista_llr(apply, rhs, s.iterations, threshold, s.llr_block,
-                                                 x0=backprojection, callback=step)
+                                                 x0=backprojection, step_margin=s.step_margin, callback=step)
             convergence = record.values
     return ReconResult(np.ascontiguousarray(coefficients, dtype=np.complex64), basis, time_average, maps,
                        clock.total(), notes, convergence=convergence, method=s.method)
@@ -353,17 +364,21 @@ def _whitening(data: SliceData, notes: list[str]) -> np.ndarray:
     return matrix
 
 
-def _compression(z: np.ndarray, n_virtual: int | None, notes: list[str]) -> np.ndarray | None:
-    """The compression matrix from the reduced, whitened data (M, C, J, S): every component's samples
-    (strided to at most _COMPRESSION_SAMPLES per channel; the channel covariance needs no more)."""
+def _compression(z: np.ndarray, whitening: np.ndarray, s: ReconSettings) -> np.ndarray:
+    """The channel matrix to apply to the reduced raw data (M, C, J, S): whitening, then compression to the
+    fewest virtual coils keeping s.coil_energy of the whitened energy (at most s.n_virtual_coils), from the
+    channel covariance of every component's samples (strided to at most _COMPRESSION_SAMPLES per channel;
+    the covariance needs no more)."""
     n_coils = z.shape[1]
-    if n_virtual is None or n_virtual >= n_coils:
-        return None
-    samples = np.ascontiguousarray(z.transpose(1, 0, 2, 3)).reshape(n_coils, -1)
-    step = max(1, samples.shape[1] // _COMPRESSION_SAMPLES)
-    matrix, kept = compression_matrix(samples[:, ::step], n_virtual)
-    log.info("coil compression %d -> %d keeps %.2f %% of the energy", n_coils, n_virtual, 100 * kept)
-    return matrix
+    if s.n_virtual_coils is None or s.n_virtual_coils >= n_coils:
+        return whitening
+    samples = z.reshape(z.shape[0], n_coils, -1)
+    step = max(1, samples.shape[0] * samples.shape[2] // _COMPRESSION_SAMPLES)
+    strided = samples[:, :, ::step]
+    raw = np.einsum("mcs,mds->cd", strided, strided.conj(), optimize=True)
+    matrix, kept = compression_matrix(whitening @ raw @ whitening.conj().T, s.n_virtual_coils, s.coil_energy)
+    log.info("coil compression %d -> %d keeps %.2f %% of the energy", n_coils, matrix.shape[0], 100 * kept)
+    return matrix @ whitening
 
 
 def _combined(coil_images: np.ndarray, maps: np.ndarray) -> np.ndarray:
