@@ -114,9 +114,10 @@ class Receiver(threading.Thread):
 
 
 def start_server(log_path: Path) -> tuple[subprocess.Popen, int]:
+    """`mrf serve` on a free port (2 connections: a warm-up scan's may not be released yet when the next comes)."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "mrf_gadgetron", "serve", "--port", "0", "--max-connections",
-                                 "1", "--client-timeout", "600"], stdout=subprocess.PIPE, stderr=log, text=True,
+                                 "2", "--client-timeout", "600"], stdout=subprocess.PIPE, stderr=log, text=True,
                                 cwd=REPO)
     line = proc.stdout.readline()
     return proc, int(re.search(r":(\d+);", line)[1])
@@ -172,6 +173,8 @@ def main() -> None:
                 stream(port, config, header, [(0.0, a) for _, a in items])
             skip = len(log_path.read_text().splitlines())
             t0, last, receiver = stream(port, config, header, items)
+        except OSError:
+            sys.exit(f"the server dropped the connection; its log:\n{log_path.read_text()[-4000:]}")
         finally:
             proc.terminate()
             proc.wait(30)

@@ -4,7 +4,8 @@ A thin adapter over mrf_core.pipeline.Reconstruction (header check, schedule fil
 temporal basis, gather, prewhitening, subspace reconstruction, object mask): it sends a basis image once
 per basis (gadgets.stage_images), then each slice's K-channel complex coefficient image (series
 mrf_core.pipeline.COEFFICIENT_SERIES) with the geometry of the slice's acquisitions. Gather and
-reconstruction share one process so raw data cross a socket only once. Properties: the `gather` and
+reconstruction share one process so raw data cross a socket only once; the gathering runs in a thread
+(mrf_core.pipeline.prefetched), so slice k + 1 streams in while slice k is reconstructed. Properties: the `gather` and
 `recon` settings of mrf_core.settings.
 """
 

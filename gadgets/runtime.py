@@ -14,6 +14,9 @@ Threads: the gadget processes of a chain share the machine and work on different
 pipeline), so each caps its torch threads (`threads` setting, mrf_core.pipeline.set_threads); reconstruct
 also hands it to finufft (ReconSettings.n_threads).
 
+Sends: one lock serialises them (`run_gadget`): reconstruct reads its input in a gather thread, and
+gadgetron-python's filtered iteration passes other messages on from that thread while the main thread
+sends images.
 Progress: a wait longer than ~2 s (a dictionary build, the reconstruction's iterations) logs a line every
 10 s (mrf_core.progress), which Gadgetron's log shows and `mrf replay` prints.
 """
@@ -21,6 +24,7 @@ Progress: a wait longer than ~2 s (a dictionary build, the reconstruction's iter
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +56,13 @@ def run_gadget(name: str, connection, body: Callable[[], None]) -> None:
     """Run a gadget's body: register the ERROR writer, log start/end and duration; on an exception send
     ERROR "<name>: <message>" to the host, log it, and re-raise."""
     compat.add_writer(connection, lambda item: isinstance(item, ErrorMessage), write_error)
+    send, lock = connection.send, threading.Lock()
+
+    def serialised_send(item) -> None:
+        with lock:
+            send(item)
+
+    connection.send = serialised_send
     progress.set_default(True)
     start = time.perf_counter()
     log.info("%s: started", name)

@@ -21,11 +21,13 @@ map_dictionary, emit) and `mapper` is the chain's choice of nodes; `run_scan` ru
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import ismrmrd
 import numpy as np
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from mrf_core.recon.reconstruct import ReconResult, ReconSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 B1_MAP_AXIS = tuple(np.round(np.arange(0.6, 1.4001, 0.05), 2))  # a built dictionary's B1 axis for a B1 map
 COEFFICIENT_SERIES = 10  # image_series_index of the coefficient images, in a chain and from the command line
@@ -120,6 +123,45 @@ def gathered(acquisitions: Iterable, info: ScanInfo, settings) -> Iterator[Slice
         yield data
     if n_slices == 0:
         raise GatherError("the scan has no imaging acquisitions: nothing to reconstruct")
+
+
+def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """`items`, produced by a background thread up to `depth` ahead: the gatherer keeps reading a stream
+    (slice k + 1's readouts) while the caller works on what it yielded (slice k's reconstruction), so a
+    sender is not held up by the reconstruction. An exception in the producer is raised here, in order.
+    The producer does numpy and Python work between socket reads; the reconstruction's numerical code
+    releases the GIL."""
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        results.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            results.put((done, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            results.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="mrf-gather", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = results.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def _fov_z_mm(header) -> float:
@@ -324,7 +366,7 @@ class Reconstruction:
     def slices(self, acquisitions: Iterable) -> Iterator[SliceCoefficients]:
         from mrf_core.recon.reconstruct import reconstruct_slice
 
-        for data in gathered(acquisitions, self.info, self.settings):
+        for data in prefetched(gathered(acquisitions, self.info, self.settings)):
             basis, options = self.basis_for(data.schedule)
             result = reconstruct_slice(data, basis, options, progress=self.progress)
             coefficients = result.coefficients

@@ -205,3 +205,27 @@ def test_default_chain_with_a_foreign_model_falls_back_to_the_dictionary(sim_sma
     meta = image_meta(next(im for im in images if image_meta(im)["GADGETRON_DataRole"] == "T1"))
     assert meta["MRF_Mapper"] == "dictionary" and "trained for schedule hash" in str(meta["MRF_Warning"])
     assert "slice 0 not mapped by the network: model foreign.pt was trained for schedule" in caplog.text
+
+
+def test_gathering_runs_ahead_of_the_reconstruction_and_keeps_errors_in_order():
+    """prefetched (the reconstruct stage's gather thread): while the consumer still holds item 1, the
+    producer already makes item 2 (slice k + 1 streams in while slice k is reconstructed); a producer's
+    exception arrives after the items before it."""
+    import threading
+
+    from mrf_core.pipeline import prefetched
+
+    second = threading.Event()
+
+    def items():
+        yield 1
+        second.set()
+        yield 2
+        raise GatherError("slice 2: incomplete")
+
+    stream = prefetched(items())
+    assert next(stream) == 1
+    assert second.wait(timeout=30)  # made while item 1 is being worked on
+    assert next(stream) == 2
+    with pytest.raises(GatherError, match="slice 2"):
+        next(stream)
