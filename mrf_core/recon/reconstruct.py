@@ -6,7 +6,8 @@ Pipeline (`reconstruct_slice`; stage names are the keys of ReconResult.timings_s
   prewhiten  noise covariance from the noise scans -> whitening matrix (none: noted, identity)
   reduce     one pass over the readouts: per interleave, the sums weighted by the basis rows and the mean
              (mrf_core.recon.subspace.reduce_readouts); the raw data are not touched again
-  compress   SVD coil compression of the whitened, reduced data to n_virtual_coils
+  compress   SVD coil compression of the whitened, reduced data: the fewest virtual coils that keep
+             coil_energy of its energy, at most n_virtual_coils (whitening and compression: one matrix)
   coil_maps  coil images of the per-interleave mean (the time average, fully sampled over the TRs) ->
              sensitivities ("lowres" or "espirit", mrf_core.recon.coils) and the combined time-average image
   adjoint    A^H W y from the reduced data
@@ -260,9 +261,9 @@ def reconstruct_slice(data: SliceData, basis: TemporalBasis, settings: ReconSett
                       progress: bool | None = None, observer: Callable[[int, np.ndarray], None] | None = None
                       ) -> ReconResult:
     """Coefficient images of one slice by `settings.method` (module docstring); observer(i, x) sees the
-    iterate after each iteration (cg, llr: e.g. accuracy against iterations in one run). BLAS runs single-threaded
-    here: the stages' matrix products are small, and on a busy 2-core machine OpenBLAS's threads took up to
-    27 s for a 0.1 s stage (measured); finufft and the FFTs use settings.n_threads."""
+    iterate after each iteration (cg, llr: e.g. accuracy against iterations in one run). BLAS runs
+    single-threaded here: the stages' matrix products are small, and on a busy 2-core machine OpenBLAS's
+    threads took up to 27 s for a 0.1 s stage (measured); finufft and the FFTs use settings.n_threads."""
     with threadpool_limits(limits=1, user_api="blas"):
         return _reconstruct(data, basis, settings, progress, observer)
 
