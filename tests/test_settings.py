@@ -44,6 +44,9 @@ def test_the_defaults_parse_and_give_the_library_defaults():
     values = defaults()
     assert recon_settings(values, "dictionary") == ReconSettings(psf_cache_dir=str(values.psf_cache_dir))
     assert (values.method, values.rank, values.mapper, values.coefficient_images) == ("llr", 0, "network", False)
+    assert recon_settings(parse_settings({"coil_energy": "0.99"}), "dictionary").coil_energy == 0.99
+    with pytest.raises(SettingsError, match="coil_energy = '0'"):
+        parse_settings({"coil_energy": "0"})
 
 
 def test_every_gadget_reads_its_stages_and_every_setting_has_a_reader():
