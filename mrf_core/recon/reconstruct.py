@@ -4,10 +4,12 @@ Pipeline (`reconstruct_slice`; stage names are the keys of ReconResult.timings_s
   validate   shapes, finite values, trajectory range (|k| <= matrix/2 in cycles/FOV), k-space coverage of
              the interleaves, all-zero readouts (dropped from the data, noted; all zero is an error)
   prewhiten  noise covariance from the noise scans -> whitening matrix (none: noted, identity)
-  reduce     one pass over the readouts: per interleave, the sums weighted by the basis rows and the mean
-             (mrf_core.recon.subspace.reduce_readouts); the raw data are not touched again
-  compress   SVD coil compression of the whitened, reduced data: the fewest virtual coils that keep
-             coil_energy of its energy, at most n_virtual_coils (whitening and compression: one matrix)
+  compress   the per-interleave mean of the readouts (mrf_core.recon.subspace.reduce_readouts), whose
+             whitened channel covariance gives the SVD coil compression: the fewest virtual coils that
+             keep coil_energy of its energy, at most n_virtual_coils; whitening and compression become one
+             channel matrix
+  reduce     a second pass over the readouts: per interleave, the sums weighted by the basis rows, in the
+             virtual coils (only those are stored); the raw data are not touched again
   coil_maps  coil images of the per-interleave mean (the time average, fully sampled over the TRs) ->
              sensitivities ("lowres" or "espirit", mrf_core.recon.coils) and the combined time-average image
   adjoint    A^H W y from the reduced data
@@ -60,7 +62,6 @@ from mrf_core.recon.subspace import (
     ToeplitzNormal,
     conjugate_gradient,
     fista_llr,
-    mix_channels,
     reduce_readouts,
 )
 
@@ -70,7 +71,6 @@ METHODS = ("gridding", "backprojection", "cg", "llr")
 _K_EDGE_TOLERANCE = 1.01  # trajectories may overshoot matrix/2 by 1 % (rounding of the last sample)
 _COVERAGE_CELLS = 16  # k-space coverage is checked on a 16 x 16 grid of cells
 _COVERAGE_RADIUS = 0.95  # ... inside this fraction of matrix/2
-_COMPRESSION_SAMPLES = 200_000
 # Measured on the NIST plates (256^2, 1000 TRs; README): CG semi-converges (T2 error grows after ~5
 # iterations: noise and the subspace model error); LLR at rank 10, lambda 1.2 needs 25 iterations (FISTA's
 # step margin 0.9; 30 at the former 1.25) for the short-T1 spheres (T1 45-126 ms: 10 iterations leave them
@@ -232,9 +232,12 @@ def _check_slice(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
             raise ReconError(f"{where}: {name} has shape {np.shape(getattr(data, name))}, expected {shape}")
     if data.timepoint.min() < 0 or data.timepoint.max() >= basis.n_timepoints:
         raise ReconError(f"{where}: time points reach {int(data.timepoint.max())}, outside [0, {basis.n_timepoints})")
-    for name in ("kspace", "traj", "dcf"):
+    for name in ("traj", "dcf"):
         if not np.all(np.isfinite(getattr(data, name))):
             raise ReconError(f"{where}: {name} has non-finite values")
+    finite, nonzero = _finite_and_nonzero(data.kspace)
+    if not finite:
+        raise ReconError(f"{where}: kspace has non-finite values")
     if np.any(data.dcf < 0):
         raise ReconError(f"{where}: dcf has negative weights")
     k_edge = data.matrix / 2.0
@@ -242,7 +245,6 @@ def _check_slice(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
     if reach > _K_EDGE_TOLERANCE * k_edge or reach < 0.25 * k_edge:
         raise ReconError(f"{where}: trajectory reaches |k| = {reach:.4g}; expected cycles/FOV up to matrix/2 = "
                          f"{k_edge:g}")
-    nonzero = np.any(data.kspace.reshape(n_r, -1) != 0, axis=1)
     if not nonzero.any():
         raise ReconError(f"{where}: all {n_r} readouts are zero")
     if not nonzero.all():
@@ -254,6 +256,19 @@ def _check_slice(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
                          f"(cells of matrix/16 inside 0.95 x matrix/2) has a sample, < "
                          f"{100 * settings.coverage_min:.0f} %")
     return nonzero
+
+
+def _finite_and_nonzero(kspace: np.ndarray, block: int = 32) -> tuple[bool, np.ndarray]:
+    """Whether every sample is finite, and which readouts are not all zero, block by block of readouts
+    (temporaries of a few MB instead of the raw data's size: fresh memory costs its page faults)."""
+    n_r = kspace.shape[0]
+    nonzero = np.empty(n_r, dtype=bool)
+    for start in range(0, n_r, block):
+        rows = kspace[start:start + block].reshape(min(block, n_r - start), -1)
+        if not np.isfinite(rows).all():
+            return False, nonzero
+        nonzero[start:start + block] = (rows != 0).any(axis=1)
+    return True, nonzero
 
 
 # ---- pipeline ---------------------------------------------------------------------------------------
@@ -284,21 +299,18 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
     n, n_coils, rank = data.matrix, data.n_coils, basis.rank
     with clock("prewhiten"):
         whitening = _whitening(data, notes)
-    with clock("reduce"):
-        counts = np.bincount(sampling.group, minlength=sampling.n_interleaves)
-        weights = np.concatenate([sampling.readout_weights(basis.vectors),
-                                  (1.0 / counts[sampling.group])[:, None].astype(np.float32)], axis=1)
-        if s.method == "gridding":
-            weights = weights[:, -1:]
-        z = reduce_readouts(kspace, sampling, weights)  # (K + 1 (or 1), C, J, S)
     with clock("compress"):
-        whitening = _compression(z, whitening, s)
-        z = mix_channels(whitening, z)
+        counts = np.bincount(sampling.group, minlength=sampling.n_interleaves)
+        mean = reduce_readouts(kspace, sampling, (1.0 / counts[sampling.group])[:, None].astype(np.float32))[0]
+        whitening = _compression(mean, whitening, s)
+        mean = (whitening @ mean.reshape(n_coils, -1)).reshape((-1,) + mean.shape[1:])  # (V, J, S)
+    if s.method != "gridding":
+        with clock("reduce"):
+            z = reduce_readouts(kspace, sampling, sampling.readout_weights(basis.vectors), whitening)  # (K, V, J, S)
     nufft = Nufft(sampling.traj, n, backend=s.nufft_backend, eps=s.nufft_eps, n_threads=s.n_threads,
                   device=s.device)
     with clock("coil_maps"):
-        mean = z[-1] * sampling.dcf  # (V, J, S)
-        coil_images = nufft.adjoint(mean.reshape(mean.shape[0], -1)) / np.float32(n * n)
+        coil_images = nufft.adjoint((mean * sampling.dcf).reshape(mean.shape[0], -1)) / np.float32(n * n)
         if n_coils == 1:
             _note(notes, f"slice {data.slice_index}: one receive channel: its coil map is the phase of its "
                   "low-resolution image on the object")
@@ -314,7 +326,7 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
 
     op = SubspaceOperator(sampling, basis.vectors, maps, basis.signal_phase, nufft=nufft)
     with clock("adjoint"):
-        rhs = op.adjoint_reduced(z[:rank], weighted=s.dcf_weighting)
+        rhs = op.adjoint_reduced(z, weighted=s.dcf_weighting)
         gain = _expected_gain(sampling, basis, n, s.dcf_weighting)
         backprojection = np.einsum("kl,lij->kij", np.linalg.inv(gain), rhs).astype(np.complex64)
     convergence: list[float] = []
@@ -365,19 +377,16 @@ def _whitening(data: SliceData, notes: list[str]) -> np.ndarray:
     return matrix
 
 
-def _compression(z: np.ndarray, whitening: np.ndarray, s: ReconSettings) -> np.ndarray:
-    """The channel matrix to apply to the reduced raw data (M, C, J, S): whitening, then compression to the
-    fewest virtual coils keeping s.coil_energy of the whitened energy (at most s.n_virtual_coils), from the
-    channel covariance of every component's samples (strided to at most _COMPRESSION_SAMPLES per channel;
-    the covariance needs no more)."""
-    n_coils = z.shape[1]
+def _compression(mean: np.ndarray, whitening: np.ndarray, s: ReconSettings) -> np.ndarray:
+    """The channel matrix for the raw readouts: whitening, then compression to the fewest virtual coils
+    keeping s.coil_energy of the whitened energy (at most s.n_virtual_coils), from the channel covariance
+    of the per-interleave mean (C, J, S): the time average, whose energy is the signal's (single readouts'
+    energy is largely noise, spread evenly over the whitened channels)."""
+    n_coils = mean.shape[0]
     if s.n_virtual_coils is None or s.n_virtual_coils >= n_coils:
         return whitening
-    samples = z.reshape(z.shape[0], n_coils, -1)
-    step = max(1, samples.shape[0] * samples.shape[2] // _COMPRESSION_SAMPLES)
-    strided = samples[:, :, ::step]
-    raw = np.einsum("mcs,mds->cd", strided, strided.conj(), optimize=True)
-    matrix, kept = compression_matrix(whitening @ raw @ whitening.conj().T, s.n_virtual_coils, s.coil_energy)
+    samples = whitening @ mean.reshape(n_coils, -1)
+    matrix, kept = compression_matrix(samples @ samples.conj().T, s.n_virtual_coils, s.coil_energy)
     log.info("coil compression %d -> %d keeps %.2f %% of the energy", n_coils, matrix.shape[0], 100 * kept)
     return matrix @ whitening
 

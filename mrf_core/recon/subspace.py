@@ -124,36 +124,34 @@ class SubspaceSampling:
         return gram
 
 
-def reduce_readouts(kspace: np.ndarray, sampling: SubspaceSampling, weights: np.ndarray) -> np.ndarray:
-    """z[m, c, j] = sum_{r in j} weights[r, m] kspace[r, c]: readouts (R, C, S) -> (M, C, J, S) complex64.
+def reduce_readouts(kspace: np.ndarray, sampling: SubspaceSampling, weights: np.ndarray,
+                    channels: np.ndarray | None = None) -> np.ndarray:
+    """z[m, v, j] = sum_{r in j} weights[r, m] sum_c channels[v, c] kspace[r, c]: readouts (R, C, S) ->
+    (M, V, J, S) complex64 (channels None: the identity, V = C).
 
     The one pass over the raw data the subspace methods need (weights: basis rows, or 1/n_j for the
-    per-interleave mean). The layout puts the channel axis before the points so that channel mixing
-    is one matrix product per component and the NUFFT sees (M, C) transforms of J x S points."""
+    per-interleave mean; channels: prewhitening and coil compression as one matrix, applied here so that
+    only the V virtual coils' sums are ever stored). The layout puts the channel axis before the points so
+    that the NUFFT sees (M, V) transforms of J x S points."""
     n_r, n_c, n_s = kspace.shape
     weights = np.asarray(weights)
     if weights.shape[0] != n_r or sampling.n_readouts != n_r:
         raise SubspaceError(f"reduce_readouts: {n_r} readouts, {weights.shape[0]} weight rows, "
                             f"{sampling.n_readouts} readouts in the sampling")
-    n_m = weights.shape[1]
-    out = np.zeros((n_m, n_c, sampling.n_interleaves, n_s), dtype=np.complex64)
+    if channels is not None and (channels.ndim != 2 or channels.shape[1] != n_c):
+        raise SubspaceError(f"reduce_readouts: channel matrix of shape {channels.shape} for {n_c} channels")
+    n_m, n_v = weights.shape[1], n_c if channels is None else channels.shape[0]
+    out = np.zeros((n_m, n_v, sampling.n_interleaves, n_s), dtype=np.complex64)
     order = np.argsort(sampling.group, kind="stable")
     bounds = np.searchsorted(sampling.group[order], np.arange(sampling.n_interleaves + 1))
     flat = kspace.reshape(n_r, n_c * n_s)
     w = weights.astype(np.complex64)
+    mix = None if channels is None else np.asarray(channels, dtype=np.complex64)
     for j in range(sampling.n_interleaves):
         rows = order[bounds[j]:bounds[j + 1]]
         if rows.size:
-            out[:, :, j, :] = (w[rows].T @ flat[rows]).reshape(n_m, n_c, n_s)
-    return out
-
-
-def mix_channels(matrix: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Apply a channel matrix (V, C) to reduced data (M, C, J, S) -> (M, V, J, S): one product per component."""
-    n_m, n_c = z.shape[:2]
-    out = np.empty((n_m, matrix.shape[0]) + z.shape[2:], dtype=np.complex64)
-    for m in range(n_m):
-        out[m] = (matrix @ z[m].reshape(n_c, -1)).reshape(out.shape[1:])
+            sums = (w[rows].T @ flat[rows]).reshape(n_m, n_c, n_s)
+            out[:, :, j, :] = sums if mix is None else mix @ sums
     return out
 
 
