@@ -130,7 +130,7 @@ def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
     (slice k + 1's readouts) while the caller works on what it yielded (slice k's reconstruction), so a
     sender is not held up by the reconstruction. An exception in the producer is raised here, in order.
     The producer does numpy and Python work between socket reads; the reconstruction's numerical code
-    releases the GIL."""
+    releases the GIL. The thread starts at once, before the first item is asked for."""
     results: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
@@ -150,18 +150,21 @@ def prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
         except BaseException as exc:  # handed to the consumer, raised there
             results.put((done, exc))
 
-    thread = threading.Thread(target=produce, name="mrf-gather", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = results.get()
-            if error is not None:
-                raise error
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
+    threading.Thread(target=produce, name="mrf-gather", daemon=True).start()
+
+    def consume() -> Iterator[T]:
+        try:
+            while True:
+                item, error = results.get()
+                if error is not None:
+                    raise error
+                if item is done:
+                    return
+                yield item
+        finally:
+            stop.set()
+
+    return consume()
 
 
 def _fov_z_mm(header) -> float:
@@ -364,9 +367,11 @@ class Reconstruction:
         return self._truncated[schedule.hash]
 
     def slices(self, acquisitions: Iterable) -> Iterator[SliceCoefficients]:
-        from mrf_core.recon.reconstruct import reconstruct_slice
+        from mrf_core.recon.reconstruct import reconstruct_slice, warm_up
 
-        for data in prefetched(gathered(acquisitions, self.info, self.settings)):
+        stream = prefetched(gathered(acquisitions, self.info, self.settings))
+        warm_up(self.options)  # while the first readouts arrive
+        for data in stream:
             basis, options = self.basis_for(data.schedule)
             result = reconstruct_slice(data, basis, options, progress=self.progress)
             coefficients = result.coefficients

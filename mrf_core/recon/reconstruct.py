@@ -62,6 +62,7 @@ from mrf_core.recon.subspace import (
     ToeplitzNormal,
     conjugate_gradient,
     fista_llr,
+    llr_threshold,
     reduce_readouts,
 )
 
@@ -359,6 +360,20 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
             convergence = record.values
     return ReconResult(np.ascontiguousarray(coefficients, dtype=np.complex64), basis, time_average, maps,
                        clock.total(), notes, convergence=convergence, method=s.method)
+
+
+def warm_up(settings: ReconSettings) -> None:
+    """Load what a slice's reconstruction needs on first use (the NUFFT library, the FFT, the compiled
+    Toeplitz and LLR kernels) on a tiny problem: a stream calls it while its first readouts arrive, so
+    that its first slice does not pay these after its last readout."""
+    if settings.method == "gridding" or settings.nufft_backend == "dft":
+        return
+    rng = np.random.default_rng(0)
+    nufft = Nufft(rng.uniform(-4, 4, (64, 2)), 8, backend=settings.nufft_backend, eps=settings.nufft_eps,
+                  n_threads=settings.n_threads, device=settings.device)
+    image = nufft.adjoint(np.ones((2, 64), np.complex64))
+    normal = ToeplitzNormal(np.ones((3, 16, 16), np.float32), settings.n_threads)  # rank 2 on an 8 x 8 grid
+    llr_threshold(normal.apply(image, np.ones((1, 8, 8), np.complex64)), 0.0, 8, (1, 1), settings.n_threads)
 
 
 def _whitening(data: SliceData, notes: list[str]) -> np.ndarray:
