@@ -162,3 +162,21 @@ def test_cached_dictionary_reuses_and_rebuilds_an_unusable_file(schedule, tmp_pa
     rebuilt = cached_dictionary(schedule, grid, rank=4, cache_dir=tmp_path)
     assert "unusable" in caplog.text and rebuilt.basis.hash == built.basis.hash
     assert Dictionary.load(path, schedule=schedule, fingerprints=False).n_atoms == built.n_atoms
+
+
+def test_top_eigenvectors_are_the_leading_eigenvectors_of_a_known_spectrum():
+    """G = Q diag(lambda) Q^T with a spectrum falling like a dictionary's: the subspace iteration returns
+    Q's leading columns (up to sign) to float64 rounding, in order; a flat spectrum that cannot converge in
+    the allowed products is an error, not a silent basis."""
+    from mrf_core.physics.temporal_basis import BasisError, top_eigenvectors
+
+    rng = np.random.default_rng(3)
+    q = np.linalg.qr(rng.standard_normal((200, 200)))[0]
+    values = 10.0 ** -np.arange(200, dtype=float) * 0.5 ** 0  # a decade per component
+    values = np.maximum(values, 1e-300)
+    gram = (q * values) @ q.T
+    vectors = top_eigenvectors(gram, 10)
+    np.testing.assert_allclose(np.abs(np.sum(vectors * q[:, :10], axis=0)), 1.0, atol=1e-8)
+    flat = (q * np.linspace(1.0, 0.99, 200)) @ q.T
+    with pytest.raises(BasisError, match="did not converge"):
+        top_eigenvectors(flat, 10, max_iterations=2)

@@ -103,6 +103,9 @@ class TemporalBasis:
         return (coefficients.astype(np.complex64) @ self.vectors.T) * np.complex64(self.signal_phase)
 
 
+_NOISE_FLOOR = 1e-5  # eigenvalues below this fraction of the largest count as null (top_eigenvectors)
+
+
 def gram_of_normalised(fingerprints: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """F^T F of the row-normalised real fingerprints, in float64, chunk by chunk (each chunk normalised in
     its own float64 copy: no further temporaries)."""
@@ -116,21 +119,23 @@ def gram_of_normalised(fingerprints: np.ndarray, chunk: int = 8192) -> np.ndarra
     return gram
 
 
-def top_eigenvectors(gram: np.ndarray, rank: int, tolerance: float = 1e-9, max_iterations: int = 100) -> np.ndarray:
+def top_eigenvectors(gram: np.ndarray, rank: int, tolerance: float = 1e-8, max_iterations: int = 200) -> np.ndarray:
     """The `rank` leading eigenvectors (n, rank) of a symmetric positive semi-definite matrix, by subspace
     iteration with Rayleigh-Ritz on 2 x rank + 8 seeded vectors until each kept Ritz pair's residual
-    |G v - lambda v| is below `tolerance` x the largest eigenvalue. An MRF dictionary's spectrum falls by
-    orders of magnitude past the kept rank, so a few iterations do it, where a LAPACK subset solve first
-    reduces the whole matrix to tridiagonal form."""
+    |G v - lambda v| is below `tolerance` x lambda (its eigenvector then as accurate, relative to the gap),
+    lambda floored at _NOISE_FLOOR x the largest (eigenvalues below are the Gram's rounding: null
+    vectors). An MRF dictionary's spectrum falls by orders of magnitude past the kept rank, so a few
+    iterations do it, where a LAPACK subset solve first reduces the whole matrix to tridiagonal form."""
     n = gram.shape[0]
     block = min(n, 2 * rank + 8)
     q = np.linalg.qr(np.random.default_rng(0).standard_normal((n, block)))[0]
     for _ in range(max_iterations):
         q = np.linalg.qr(gram @ q)[0]
         values, ritz = np.linalg.eigh(q.T @ gram @ q)
-        vectors = q @ ritz[:, ::-1][:, :rank]
-        residual = np.linalg.norm(gram @ vectors - vectors * values[::-1][:rank], axis=0)
-        if residual.max() <= tolerance * max(values[-1], 1e-300):
+        values, vectors = values[::-1][:rank], q @ ritz[:, ::-1][:, :rank]
+        residual = np.linalg.norm(gram @ vectors - vectors * values, axis=0)
+        floor = _NOISE_FLOOR * max(float(values[0]), 1e-300)
+        if np.all(residual <= tolerance * np.maximum(values, floor)):
             return vectors
     raise BasisError(f"the leading {rank} eigenvectors did not converge in {max_iterations} subspace iterations")
 
