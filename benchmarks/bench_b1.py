@@ -16,9 +16,14 @@ times (1 + 2 % Gaussian noise), written as a NIfTI volume of both slices with it
 goes through the geometry code like a scanner's.
 Joint B1 estimation without a map: simulated fingerprints with noise, matched over the whole B1-axis dictionary
 (B1 estimated with T1/T2) and in the known B1's slice (the table below the QA table).
+With the B1 map the default chain maps with the dictionary in each voxel's B1 slice (the shipped network has
+no B1 input), reconstructed in the B1-axis dictionary's basis; --b1-model FILE adds a run with a network
+trained with a B1 input (`mrf train --preset default --b1-range 0.6 1.4 --b1-input`, in its own basis);
+--b1-recon RANK:ITERATIONS adds the dictionary run with a larger dictionary basis and more LLR iterations.
 Mapping time: the mapper alone on the reconstructed coefficients of the T1 plate (best of 3, same process,
-alternating): the default network mapper without a B1 map, the B1-free dictionary mapper, and the dictionary
-mapper with the B1 map (the network refuses a map: it has no B1 input).
+alternating): the default network without a B1 map, the B1-free dictionary mapper, the dictionary mapper with
+the B1 map (on the coefficients of the runs without and with the map), and with --b1-model that network with
+the map.
 """
 
 from __future__ import annotations
@@ -108,7 +113,7 @@ def run(raw_path: Path, settings, out: Path):
         for output in run_scan(raw.header, raw.acquisitions(), settings):
             outputs.append(output)
             images.extend(output_images(output, settings))
-    write_images(out, images, group="bench")
+    write_images(out, images, group="bench", force=True)
     return outputs, time.perf_counter() - started
 
 
@@ -183,6 +188,11 @@ def main() -> None:
     p.add_argument("--grid-step-pct", type=float, default=5.0,
                    help="grid of the dictionaries of the profile rows (the 20-sub-slice dictionary costs 20x)")
     p.add_argument("--cases", default="b1,profile,speed,joint", help="comma-separated: b1, profile, speed, joint")
+    p.add_argument("--b1-model", type=Path, default=None,
+                   help="also map the B1-map scan with this network trained with a B1 input (mrf train --b1-input)")
+    p.add_argument("--b1-recon", action="append", default=[], metavar="RANK:ITERATIONS",
+                   help="also run the B1-map scan through the dictionary at this dictionary rank and LLR iterations "
+                   "(repeatable; e.g. 14:90)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from mrf_core.physics.sequence import default_schedule
@@ -207,11 +217,17 @@ def main() -> None:
         raw = simulated("b1", args)
         b1_map = write_b1_map(raw, out / f"b1map_{args.matrix}.nii.gz")
         runs = {"B1 0.8-1.2, no B1 map (default chain)": settings_of(),
-                "B1 0.8-1.2, B1 map (1/4 res., 2 % noise)": settings_of(b1_map=b1_map)}
+                "B1 0.8-1.2, B1 map (1/4 res., 2 % noise), default chain (dictionary)": settings_of(b1_map=b1_map)}
+        if args.b1_model:
+            runs[f"B1 0.8-1.2, B1 map, network {args.b1_model.name}"] = settings_of(b1_map=b1_map, model=args.b1_model)
+        for spec in args.b1_recon:
+            rank, iterations = (int(v) for v in spec.split(":"))
+            runs[f"B1 0.8-1.2, B1 map, dictionary rank {rank}, {iterations} iterations"] = settings_of(
+                b1_map=b1_map, mapper="dictionary", basis="dictionary", dictionary_rank=rank, iterations=iterations)
         first_slice = {}
         for label, settings in runs.items():
             outputs, seconds = run(raw, settings, out / "b1_maps.h5")
-            first_slice[settings.b1_map is not None] = outputs[0].coefficients
+            first_slice.setdefault(settings.b1_map is not None, outputs[0].coefficients)
             mappers = sorted({o.maps.mapper for o in outputs if o.maps is not None})
             print(f"{label}: {seconds:.1f} s through the pipeline (mapper {', '.join(mappers)})", flush=True)
             if "b1" in cases:
@@ -220,11 +236,15 @@ def main() -> None:
         if "speed" in cases:
             from mrf_core.pipeline import DictionaryMapper, NetworkMapper
 
-            times = mapping_times({
+            mappers = {
                 "network (default, no B1 map)": (NetworkMapper(settings_of()), first_slice[False]),
                 "dictionary, no B1 map": (DictionaryMapper(settings_of()), first_slice[False]),
                 "dictionary with B1 map": (DictionaryMapper(settings_of(b1_map=b1_map)), first_slice[True]),
-            }, schedule)
+            }
+            if args.b1_model:
+                mappers[f"network {args.b1_model.name} with B1 map"] = (
+                    NetworkMapper(settings_of(b1_map=b1_map, model=args.b1_model)), first_slice[True])
+            times = mapping_times(mappers, schedule)
     if "profile" in cases:
         raw = simulated("profile", args)
         step = args.grid_step_pct

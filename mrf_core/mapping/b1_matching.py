@@ -6,7 +6,7 @@ The atoms at a voxel's B1 b are interpolated linearly between the two neighbouri
 a B1 error <= 0.0025, a T2 error of ~0.25 % at most at FISP's ~1 %/% sensitivity), and each group is matched
 against its own interpolated T1 x T2 slice with mrf_core.mapping.matching.match: a voxel meets as many atoms
 as without a B1 axis, but a slice makes ~80 small matches ("auto" search is exhaustive here: a group's few
-voxels do not pay back the pruned search's cluster set-up; 8x the B1-free pruned match on a 256^2 slice).
+voxels do not pay back the pruned search's cluster set-up; 3-4x the B1-free pruned match on the 256^2 NIST slice).
 Linear interpolation error, measured on the Jiang schedule at the midpoint between slices 0.05 apart: 2-3e-4
 of the fingerprint norm (4e-3 at T1/T2 1500/500 ms), against ~1e-2 for the nearest slice. B1 outside the
 grid's axis is clamped to its ends (counted).
