@@ -192,7 +192,7 @@ def main() -> None:
         if receiver.images:
             print(f"last image {receiver.images[-1][0] - t0 - scan_end:.2f} s after the last readout")
         for line in log_lines:
-            if re.search(r"slice \d+ \(|dictionary built|matched|mapped|in [\d.]+ s", line):
+            if re.search(r"slice \d+ \(|slice \d+: \w+ mapping|dictionary built|matched|mapped|in [\d.]+ s", line):
                 print(f"  {line[:240]}")
         if errors:
             print("ERRORS:", *errors, sep="\n  ")
