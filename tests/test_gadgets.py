@@ -4,6 +4,7 @@ dictionary mapping accuracy, the network fallback, emit meta/series/geometry, an
 from __future__ import annotations
 
 import io
+import sys
 import xml.etree.ElementTree as ElementTree
 
 import ismrmrd
@@ -124,6 +125,26 @@ def test_unknown_property_reaches_the_host_as_an_error_message():
         emit(connection)
     assert len(connection.sent) == 1 and isinstance(connection.sent[0], ErrorMessage)
     assert connection.sent[0].text.startswith("emit: unknown property 'colour'")
+
+
+def test_a_stage_process_leaves_its_objects_to_the_exit(monkeypatch):
+    import gc
+    import types
+
+    from gadgets.runtime import run_gadget, stage_process
+
+    connection = InProcessConnection(None, [], configuration({}))
+    assert not stage_process()
+    run_gadget("pass", connection, lambda: None)
+    assert gc.get_freeze_count() == 0  # in a test process (or any other host) nothing is frozen
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name="gadgetron.__main__")  # as `python -m gadgetron PORT ...` runs it
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    try:
+        run_gadget("pass", connection, lambda: None)
+        assert stage_process() and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_error_message_wire_format():

@@ -335,3 +335,13 @@ def test_the_settings_table_lists_the_trajectory_units():
     from mrf_core.recon.trajectory import TRAJ_UNITS
 
     assert settings.TRAJ_UNITS == TRAJ_UNITS
+
+
+def test_readouts_are_labelled_by_trajectory_as_numpy_sorts_them():
+    from mrf_core.recon.gather import _content_labels
+
+    rng = np.random.default_rng(3)
+    distinct = [rng.standard_normal((50, 2)).astype(np.float32).tobytes() for _ in range(7)]
+    contents = [distinct[i] for i in rng.integers(0, 7, 40)]
+    expected = np.unique(np.array(contents), return_inverse=True)[1].reshape(-1)
+    np.testing.assert_array_equal(_content_labels(contents), expected)

@@ -107,6 +107,16 @@ def _seen(cols: dict[str, np.ndarray], fields) -> str:
     return "counters that vary: " + (", ".join(varying) if varying else "none")
 
 
+def _content_labels(contents: list[bytes]) -> np.ndarray:
+    """Each item's rank among the distinct items in byte order (np.unique's inverse), by hashing: sorting
+    1000 readouts' 32 kB trajectories took 0.33 s, after the slice's last readout."""
+    first_seen: dict[bytes, int] = {}
+    seen = np.array([first_seen.setdefault(c, len(first_seen)) for c in contents], dtype=np.int64)
+    rank = np.empty(len(first_seen), dtype=np.int64)
+    rank[[first_seen[c] for c in sorted(first_seen)]] = np.arange(len(first_seen))
+    return rank[seen]
+
+
 def _same_label_same_value(labels: np.ndarray, content: np.ndarray) -> bool:
     """Every label stands for one content value (e.g. readouts of one interleave share one trajectory)."""
     pairs = np.unique(np.stack([labels, content]), axis=1)
@@ -140,8 +150,7 @@ class Layout:
         self.partition = self.cols[imap.partition] if info.n_partitions > 1 else np.zeros(len(numbers), np.int64)
         self.content = None
         if all(t is not None for t in trajs):
-            _, self.content = np.unique([t.tobytes() for t in trajs], return_inverse=True)
-            self.content = self.content.reshape(-1)
+            self.content = _content_labels([t.tobytes() for t in trajs])
         if info.index_map_stated:
             self.timepoint_field, self.interleave_field = imap.timepoint, imap.interleave
             self.timepoint, self.interleave = self.cols[imap.timepoint], self.cols[imap.interleave]
