@@ -39,6 +39,7 @@ CASES = {
     "coils8": {"coil_energy": 1.0},
     "margin1.0": {"step_margin": 1.0},
     "margin0.8": {"step_margin": 0.8},
+    "margin0.7": {"step_margin": 0.7},
     "lambda1.0": {"llr_lambda": 1.0},
     "lambda1.4": {"llr_lambda": 1.4},
 }

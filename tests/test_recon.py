@@ -3,6 +3,7 @@ determinism. The methods' accuracy ordering is in test_recon_methods below (NIST
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import ismrmrd
@@ -101,6 +102,18 @@ def test_reconstruction_is_deterministic(small):
 
 def _edited(data, **changes):
     return dataclasses.replace(data, **changes)
+
+
+def test_the_gatherer_finds_zero_readouts_as_they_arrive(sim_small_scan):
+    scan, acquisitions, _ = sim_small_scan
+    zeroed = acquisitions[7]  # an imaging readout of slice 0
+    acquisitions = [*acquisitions[:7], copy.deepcopy(zeroed), *acquisitions[8:]]
+    acquisitions[7].data[:] = 0
+    data = _gather(scan, acquisitions)[0]
+    kspace, nonzero = data.arrival_check
+    assert kspace is data.kspace
+    np.testing.assert_array_equal(nonzero, np.abs(data.kspace).reshape(data.n_readouts, -1).max(axis=1) > 0)
+    assert nonzero.sum() == data.n_readouts - 1
 
 
 def test_bad_inputs(small):

@@ -80,6 +80,29 @@ def test_toeplitz_equals_dense_normal_matrix():
     np.testing.assert_allclose(got.ravel(), dense @ c.ravel(), rtol=1e-4, atol=1e-4 * np.abs(dense @ c.ravel()).max())
 
 
+def test_one_channel_eigenvalue_bounds_the_coils_operator():
+    """Dense, on an 8 x 8 rank-2 problem with coil maps zero outside a disc: the largest eigenvalue of
+    A^H W A is at most that of the one channel 1_M on the maps' support times max sum_c |S_c|^2, which
+    Lanczos on that channel reaches (from below)."""
+    n, rank = 8, 2
+    sampling, vectors, maps, _ = _problem(n=n, n_t=6, n_interleaves=3, rank=rank)
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    maps = np.where(np.hypot(yy, xx) < 3.2, maps, 0).astype(np.complex64)
+    maps *= np.float32(np.sqrt(0.7 / (np.abs(maps) ** 2).sum(0).max()))  # max sum |S_c|^2 = 0.7
+    normal = ToeplitzNormal.compute(sampling, vectors, backend="dft")
+    support = ((np.abs(maps) ** 2).sum(0) > 0).astype(np.complex64)[None]
+
+    def dense(channels):
+        units = np.eye(rank * n * n, dtype=np.complex64).reshape(-1, rank, n, n)
+        columns = np.stack([normal.apply(e, channels).ravel() for e in units], axis=1).astype(np.complex128)
+        return np.linalg.eigvalsh((columns + columns.conj().T) / 2)[-1]
+
+    coils, one = dense(maps), dense(support)
+    assert coils <= 0.7 * one * (1 + 1e-5)
+    assert normal.largest_eigenvalue(maps) <= 0.7 * one * (1 + 1e-5)
+    assert normal.largest_eigenvalue(maps, n_iterations=40) == pytest.approx(0.7 * one, rel=1e-4)
+
+
 def test_psf_cache_roundtrip(tmp_path, caplog):
     sampling, vectors, _, _ = _problem()
     first = ToeplitzNormal.compute(sampling, vectors, cache_dir=tmp_path)

@@ -71,6 +71,9 @@ class SliceData:
     timepoint: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # for the images' meta: missing time points, stopped early
+    # (kspace, which of its readouts are not all zero), found as they arrived, their samples checked finite
+    # then: the reconstruction uses it while `kspace` is still that array, else checks the samples itself
+    arrival_check: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.timepoint is None:
@@ -281,11 +284,13 @@ class _Pending:
     numbers: list[int] = field(default_factory=list)
     counters: list[np.ndarray] = field(default_factory=list)
     traj: list[np.ndarray | None] = field(default_factory=list)
+    nonzero: list[bool] = field(default_factory=list)
     header: ismrmrd.AcquisitionHeader | None = None
 
     def add(self, number: int, counters: np.ndarray, data: np.ndarray, traj: np.ndarray | None) -> None:
         """File a readout (a slice completes at its expected count, so a row is always free)."""
         self.kspace[len(self.numbers)] = data
+        self.nonzero.append(bool(data.any()))
         self.numbers.append(number)
         self.counters.append(counters)
         self.traj.append(traj)
@@ -385,9 +390,11 @@ class SliceGatherer:
         if note:
             notes.append(note)
         first = slice_index * len(headers) if len(headers) > 1 else slice_index
+        in_order = np.array_equal(order, np.arange(order.size))
+        kspace = [kspace[z] if in_order else kspace[z][order] for z in range(len(headers))]
         return [SliceData(
             slice_index=first + z,
-            kspace=kspace[z] if np.array_equal(order, np.arange(order.size)) else kspace[z][order],
+            kspace=kspace[z],
             traj=traj,
             interleave=interleave[order],
             dcf=dcf,
@@ -399,6 +406,7 @@ class SliceGatherer:
             timepoint=timepoint[order],
             notes=list(notes),
             warnings=[missing_note] if missing_note else [],
+            arrival_check=None if len(headers) > 1 else (kspace[z], np.asarray(pending.nonzero)[order]),
         ) for z, header in enumerate(headers)]
 
     def _partitions(self, slice_index: int, layout: Layout, kspace: np.ndarray, header

@@ -73,9 +73,9 @@ _K_EDGE_TOLERANCE = 1.01  # trajectories may overshoot matrix/2 by 1 % (rounding
 _COVERAGE_CELLS = 16  # k-space coverage is checked on a 16 x 16 grid of cells
 _COVERAGE_RADIUS = 0.95  # ... inside this fraction of matrix/2
 # Measured on the NIST plates (256^2, 1000 TRs; README): CG semi-converges (T2 error grows after ~5
-# iterations: noise and the subspace model error); LLR at rank 10, lambda 1.2 needs 25 iterations (FISTA's
-# step margin 0.9; 30 at the former 1.25) for the short-T1 spheres (T1 45-126 ms: 10 iterations leave them
-# up to 20 % high, 20 up to 5.5 %, 25 within 4.5 %; benchmarks/bench_convergence.py).
+# iterations: noise and the subspace model error); LLR at rank 10, lambda 1.2 needs 25 iterations (with
+# FISTA's step margin; 30 at the former 1.25 x a power iteration) for the short-T1 spheres (T1 45-126 ms:
+# 10 iterations leave them up to 20 % high, 20 up to 5.7 %, 25 within 4.5 %; benchmarks/bench_convergence.py).
 DEFAULT_ITERATIONS = {"cg": 5, "llr": 25}
 
 
@@ -236,13 +236,16 @@ def _check_slice(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
     for name in ("traj", "dcf"):
         if not np.all(np.isfinite(getattr(data, name))):
             raise ReconError(f"{where}: {name} has non-finite values")
-    finite, nonzero = _finite_and_nonzero(data.kspace)
+    if data.arrival_check is not None and data.arrival_check[0] is data.kspace:
+        finite, nonzero = True, data.arrival_check[1]  # the gatherer's, from each readout as it arrived
+    else:
+        finite, nonzero = _finite_and_nonzero(data.kspace)
     if not finite:
         raise ReconError(f"{where}: kspace has non-finite values")
     if np.any(data.dcf < 0):
         raise ReconError(f"{where}: dcf has negative weights")
     k_edge = data.matrix / 2.0
-    reach = float(np.sqrt((data.traj.astype(np.float64) ** 2).sum(-1)).max())
+    reach = math.sqrt(float(np.einsum("rsi,rsi->rs", data.traj, data.traj).max()))
     if reach > _K_EDGE_TOLERANCE * k_edge or reach < 0.25 * k_edge:
         raise ReconError(f"{where}: trajectory reaches |k| = {reach:.4g}; expected cycles/FOV up to matrix/2 = "
                          f"{k_edge:g}")
@@ -250,8 +253,9 @@ def _check_slice(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
         raise ReconError(f"{where}: all {n_r} readouts are zero")
     if not nonzero.all():
         _note(notes, f"{where}: {n_r - int(nonzero.sum())} of {n_r} readouts are all zero: left out of the data")
-    _, first = np.unique(data.interleave[nonzero], return_index=True)
-    coverage = kspace_coverage(data.traj[nonzero][first], data.matrix)
+    used = np.flatnonzero(nonzero)
+    _, first = np.unique(data.interleave[used], return_index=True)
+    coverage = kspace_coverage(data.traj[used[first]], data.matrix)
     if coverage < settings.coverage_min:
         raise ReconError(f"{where}: the interleaves do not cover k-space: only {100 * coverage:.0f} % of the disc "
                          f"(cells of matrix/16 inside 0.95 x matrix/2) has a sample, < "
@@ -355,8 +359,9 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
                                                           callback=step)
             else:
                 threshold = s.llr_lambda * _largest_block_value(backprojection, s.llr_block)
+                lipschitz = s.step_margin * normal.largest_eigenvalue(maps)
                 coefficients, record = fista_llr(apply, rhs, s.iterations, threshold, s.llr_block,
-                                                 x0=backprojection, step_margin=s.step_margin, callback=step)
+                                                 x0=backprojection, lipschitz=lipschitz or None, callback=step)
             convergence = record.values
     return ReconResult(np.ascontiguousarray(coefficients, dtype=np.complex64), basis, time_average, maps,
                        clock.total(), notes, convergence=convergence, method=s.method)
