@@ -169,5 +169,13 @@ def test_auto_search_takes_the_cheaper_by_the_cost_model(dictionary, monkeypatch
     auto = match(dictionary, voxels, domain="time", search="auto", device="cpu")
     np.testing.assert_array_equal(auto.atom_index, match(dictionary, voxels, domain="time", search=chosen,
                                                          device="cpu").atom_index)
+    counts = torch.bincount(matching._cluster_of(dictionary, matching.DEFAULT_STRIDE))
+    floor = matching._pruned_cost(counts.numel(), int(counts.max()), atoms.unit, kept=1.0)
+    assert floor <= pruned  # the seed's own cluster is always among those kept
     monkeypatch.setattr(matching, "_CACHE_BYTES", 0)  # candidates gathered from memory cost ~200 GEMM terms
+
+    def unbuilt(*args):
+        raise AssertionError("the floor alone decides: no clusters are built")
+
+    monkeypatch.setattr(matching, "_ClusterSearch", unbuilt)
     assert matching._choose_search(atoms, matching.DEFAULT_STRIDE, sample)[0] == "exhaustive"

@@ -113,6 +113,21 @@ def _scores_of(unit: torch.Tensor, candidates: torch.Tensor, x: torch.Tensor) ->
     return torch.where(candidates >= 0, re.square() + im.square(), torch.full_like(re, -1.0))
 
 
+def _cluster_of(dictionary: Dictionary, stride: int) -> torch.Tensor:
+    """Each atom's cluster: its grid cell of stride x stride in T1 and T2, one B1."""
+    index = torch.as_tensor(dictionary.grid_index, dtype=torch.long)
+    cell = torch.stack([index[:, 0] // stride, index[:, 1] // stride, index[:, 2]], dim=1)
+    return torch.unique(cell, dim=0, return_inverse=True)[1]
+
+
+def _pruned_cost(n_centres: int, n_members: int, unit: torch.Tensor, kept: float) -> float:
+    """Model cost per voxel of the pruned search (GEMM multiply-add units; module constants): the centres,
+    then the seed's cluster and the `kept` clusters whose bound reaches its score (at least the seed's own:
+    its bound holds its best member)."""
+    gather = _GATHER_COST["cached" if unit.numel() * 4 <= _CACHE_BYTES else "memory"]
+    return n_centres * unit.shape[1] + (1 + kept) * n_members * unit.shape[1] * gather
+
+
 class _ClusterSearch:
     """Exact search with pruning: the unit atoms of each grid cell (stride x stride in T1 and T2, one B1)
     form a cluster with unit centre c (the members' normalised mean). A member is d = a c + e with a <= 1,
@@ -121,9 +136,7 @@ class _ClusterSearch:
     so far (the members of the best-centred cluster) can hold the winner, and only those are evaluated."""
 
     def __init__(self, atoms: _Atoms, stride: int):
-        index = torch.as_tensor(atoms.dictionary.grid_index, dtype=torch.long)
-        cell = torch.stack([index[:, 0] // stride, index[:, 1] // stride, index[:, 2]], dim=1)
-        _, cluster_of = torch.unique(cell, dim=0, return_inverse=True)
+        cluster_of = _cluster_of(atoms.dictionary, stride)
         order = torch.argsort(cluster_of, stable=True)
         counts = torch.bincount(cluster_of)
         starts = torch.cumsum(counts, 0) - counts
@@ -136,7 +149,8 @@ class _ClusterSearch:
         centres = torch.zeros(counts.numel(), atoms.unit.shape[1], device=device)
         centres.index_add_(0, cluster_of, atoms.unit)
         self.centres = centres / torch.linalg.vector_norm(centres, dim=1, keepdim=True)
-        along = (atoms.unit * self.centres[cluster_of]).sum(dim=1)
+        along = torch.cat([(atoms.unit[lo : lo + _ATOM_BLOCK] * self.centres[cluster_of[lo : lo + _ATOM_BLOCK]]).sum(1)
+                           for lo in range(0, atoms.unit.shape[0], _ATOM_BLOCK)])  # no atoms-sized temporary
         if bool((along <= 0).any()):
             raise DictionaryError("a grid cell holds atoms pointing away from each other; use a smaller stride")
         across = (1 - along.square()).clamp_min(0).sqrt()
@@ -161,10 +175,7 @@ class _ClusterSearch:
     def cost_per_voxel(self, sample: torch.Tensor) -> float:
         """Model cost of best() per voxel (GEMM multiply-add units; module constants), from a sample."""
         kept = float(self._seed_and_bound(sample)[2].sum()) / max(1, sample.shape[0])
-        n_centres, n_members = self.members.shape
-        n_features = self.unit.shape[1]
-        gather = _GATHER_COST["cached" if self.unit.numel() * 4 <= _CACHE_BYTES else "memory"]
-        return n_centres * n_features + (1 + kept) * n_members * n_features * gather
+        return _pruned_cost(*self.members.shape, self.unit, kept)
 
     def bytes_per_voxel(self) -> int:
         """Working memory of best() per voxel: centre scores and the seed's gathered float64 atoms."""
@@ -195,6 +206,11 @@ def _choose_search(atoms: _Atoms, stride: int, sample: torch.Tensor) -> tuple[st
     sample is a fixed choice of voxels, so the choice (and so the result) is the same run after run."""
     exhaustive = float(atoms.unit.shape[0] * atoms.unit.shape[1])
     if sample.shape[0] == 0:
+        return "exhaustive", None
+    counts = torch.bincount(_cluster_of(atoms.dictionary, stride))
+    floor = _pruned_cost(counts.numel(), int(counts.max()), atoms.unit, kept=1.0)
+    if floor >= exhaustive:  # decided without building the clusters (in the time domain, usually)
+        log.info("auto search: exhaustive (model cost per voxel %.3g, pruned at least %.3g)", exhaustive, floor)
         return "exhaustive", None
     try:
         searcher = _ClusterSearch(atoms, stride)

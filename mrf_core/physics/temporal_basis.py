@@ -106,9 +106,10 @@ class TemporalBasis:
 _NOISE_FLOOR = 1e-5  # eigenvalues below this fraction of the largest count as null (top_eigenvectors)
 
 
-def gram_of_normalised(fingerprints: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def gram_of_normalised(fingerprints: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """F^T F of the row-normalised real fingerprints, in float64, chunk by chunk (each chunk normalised in
-    its own float64 copy: no further temporaries)."""
+    its own float64 copy: no further temporaries; 8 MB chunks of 1000 TRs, which the allocator reuses,
+    where one 65 MB chunk cost its fresh pages on every build)."""
     n_t = fingerprints.shape[1]
     gram = np.zeros((n_t, n_t))
     for start in range(0, fingerprints.shape[0], chunk):
