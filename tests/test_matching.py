@@ -164,12 +164,16 @@ def test_auto_search_takes_the_cheaper_by_the_cost_model(dictionary, monkeypatch
     sample = torch.as_tensor(voxels * np.conj(dictionary.signal_phase)).to(torch.complex64)
     atoms = matching._Atoms(dictionary, "time", torch.device("cpu"))
     chosen, _ = matching._choose_search(atoms, matching.DEFAULT_STRIDE, sample)
-    pruned = matching._ClusterSearch(atoms, matching.DEFAULT_STRIDE).cost_per_voxel(sample)
+    cluster_of = matching._cluster_of(dictionary, matching.DEFAULT_STRIDE)
+    stride = matching.DEFAULT_STRIDE
+    index = torch.as_tensor(dictionary.grid_index) // torch.tensor([stride, stride, 1])
+    np.testing.assert_array_equal(cluster_of, torch.unique(index, dim=0, return_inverse=True)[1])  # cells in order
+    pruned = matching._ClusterSearch(atoms, cluster_of).cost_per_voxel(sample)
     assert chosen == ("pruned" if pruned < atoms.unit.numel() else "exhaustive")
     auto = match(dictionary, voxels, domain="time", search="auto", device="cpu")
     np.testing.assert_array_equal(auto.atom_index, match(dictionary, voxels, domain="time", search=chosen,
                                                          device="cpu").atom_index)
-    counts = torch.bincount(matching._cluster_of(dictionary, matching.DEFAULT_STRIDE))
+    counts = torch.bincount(cluster_of)
     floor = matching._pruned_cost(counts.numel(), int(counts.max()), atoms.unit, kept=1.0)
     assert floor <= pruned  # the seed's own cluster is always among those kept
     monkeypatch.setattr(matching, "_CACHE_BYTES", 0)  # candidates gathered from memory cost ~200 GEMM terms

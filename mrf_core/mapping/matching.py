@@ -114,10 +114,13 @@ def _scores_of(unit: torch.Tensor, candidates: torch.Tensor, x: torch.Tensor) ->
 
 
 def _cluster_of(dictionary: Dictionary, stride: int) -> torch.Tensor:
-    """Each atom's cluster: its grid cell of stride x stride in T1 and T2, one B1."""
+    """Each atom's cluster: its grid cell of stride x stride in T1 and T2, one B1, numbered in the cells'
+    lexicographic order (one integer key per cell: torch.unique over rows took 0.17 s for 114,400 atoms)."""
     index = torch.as_tensor(dictionary.grid_index, dtype=torch.long)
     cell = torch.stack([index[:, 0] // stride, index[:, 1] // stride, index[:, 2]], dim=1)
-    return torch.unique(cell, dim=0, return_inverse=True)[1]
+    extent = cell.max(dim=0).values + 1
+    key = (cell[:, 0] * extent[1] + cell[:, 1]) * extent[2] + cell[:, 2]
+    return torch.unique(key, return_inverse=True)[1]
 
 
 def _pruned_cost(n_centres: int, n_members: int, unit: torch.Tensor, kept: float) -> float:
@@ -135,8 +138,7 @@ class _ClusterSearch:
     |d^T x| <= |c^T x| + rho sqrt(|x|^2 - |c^T x|^2). Only clusters whose bound reaches the best score found
     so far (the members of the best-centred cluster) can hold the winner, and only those are evaluated."""
 
-    def __init__(self, atoms: _Atoms, stride: int):
-        cluster_of = _cluster_of(atoms.dictionary, stride)
+    def __init__(self, atoms: _Atoms, cluster_of: torch.Tensor):
         order = torch.argsort(cluster_of, stable=True)
         counts = torch.bincount(cluster_of)
         starts = torch.cumsum(counts, 0) - counts
@@ -207,13 +209,14 @@ def _choose_search(atoms: _Atoms, stride: int, sample: torch.Tensor) -> tuple[st
     exhaustive = float(atoms.unit.shape[0] * atoms.unit.shape[1])
     if sample.shape[0] == 0:
         return "exhaustive", None
-    counts = torch.bincount(_cluster_of(atoms.dictionary, stride))
+    cluster_of = _cluster_of(atoms.dictionary, stride)
+    counts = torch.bincount(cluster_of)
     floor = _pruned_cost(counts.numel(), int(counts.max()), atoms.unit, kept=1.0)
     if floor >= exhaustive:  # decided without building the clusters (in the time domain, usually)
         log.info("auto search: exhaustive (model cost per voxel %.3g, pruned at least %.3g)", exhaustive, floor)
         return "exhaustive", None
     try:
-        searcher = _ClusterSearch(atoms, stride)
+        searcher = _ClusterSearch(atoms, cluster_of)
     except DictionaryError as exc:  # a grid the clusters do not suit: exhaustive is exact anyway
         log.info("auto search: exhaustive (%s)", exc)
         return "exhaustive", None
@@ -263,7 +266,7 @@ def match(
                                             device=device).long()]
         search, searcher = _choose_search(atoms, stride, x[sample])
     if search == "pruned":
-        searcher = searcher or _ClusterSearch(atoms, stride)
+        searcher = searcher or _ClusterSearch(atoms, _cluster_of(atoms.dictionary, stride))
         bytes_per_voxel = searcher.bytes_per_voxel() + 16 * n_features
         best_of = searcher.best
     elif search == "exhaustive":

@@ -62,7 +62,6 @@ from mrf_core.recon.subspace import (
     ToeplitzNormal,
     conjugate_gradient,
     fista_llr,
-    llr_threshold,
     reduce_readouts,
 )
 
@@ -369,7 +368,7 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
 
 def warm_up(settings: ReconSettings) -> None:
     """Load what a slice's reconstruction needs on first use (the NUFFT library, the FFT, the compiled
-    Toeplitz and LLR kernels) on a tiny problem: a stream calls it while its first readouts arrive, so
+    Toeplitz, LLR and FISTA kernels) on a tiny problem: a stream calls it while its first readouts arrive, so
     that its first slice does not pay these after its last readout."""
     if settings.method == "gridding" or settings.nufft_backend == "dft":
         return
@@ -378,7 +377,9 @@ def warm_up(settings: ReconSettings) -> None:
                   n_threads=settings.n_threads, device=settings.device)
     image = nufft.adjoint(np.ones((2, 64), np.complex64))
     normal = ToeplitzNormal(np.ones((3, 16, 16), np.float32), settings.n_threads)  # rank 2 on an 8 x 8 grid
-    llr_threshold(normal.apply(image, np.ones((1, 8, 8), np.complex64)), 0.0, 8, (1, 1), settings.n_threads)
+    maps = np.ones((1, 8, 8), np.complex64)
+    fista_llr(lambda c: normal.apply(c, maps), normal.apply(image, maps), 1, 0.0, 8, x0=image,
+              lipschitz=normal.largest_eigenvalue(maps))
 
 
 def _whitening(data: SliceData, notes: list[str]) -> np.ndarray:

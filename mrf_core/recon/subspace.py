@@ -324,7 +324,14 @@ class ToeplitzNormal:
         power = np.sum(np.abs(coil_maps) ** 2, axis=0)
         support = (power > 0).astype(np.complex64)[None]
         shape = (self.rank, self.matrix, self.matrix)
+        self._workspace(coil_maps.shape[0])  # sized for the products with the coils that follow
         return float(power.max()) * largest_eigenvalue(lambda c: self.apply(c, support), shape, n_iterations)
+
+    def _workspace(self, n_coils: int) -> np.ndarray:
+        """The (C, K, 2N, 2N) grid of `apply`, kept between calls and grown to the most coils asked for."""
+        if self._work is None or self._work.shape[0] < n_coils:
+            self._work = np.empty((n_coils, self.rank, 2 * self.matrix, 2 * self.matrix), dtype=np.complex64)
+        return self._work[:n_coils]
 
     def apply(self, coefficients: np.ndarray, coil_maps: np.ndarray) -> np.ndarray:
         """A^H W A c for c (K, N, N) and coil maps (C, N, N): (K, N, N) complex64. The (C, K, 2N, 2N) grid is
@@ -334,9 +341,7 @@ class ToeplitzNormal:
         c = np.ascontiguousarray(coefficients, dtype=np.complex64)
         maps = np.ascontiguousarray(coil_maps, dtype=np.complex64)
         n_c = maps.shape[0]
-        if self._work is None or self._work.shape[0] < n_c:
-            self._work = np.empty((n_c, self.rank, 2 * n, 2 * n), dtype=np.complex64)
-        work, out = self._work[:n_c], np.empty_like(c)
+        work, out = self._workspace(n_c), np.empty_like(c)
         top = work[:, :, :n, :]
         with numba_threads(w):
             _spread(maps, c, work)
