@@ -39,7 +39,7 @@ CACHE_HOME = "$XDG_CACHE_HOME"
 # ReconSettings' defaults, literal for the same reason (tests check them against ReconSettings).
 RECON_DEFAULTS = {"method": "llr", "n_virtual_coils": 8, "coil_energy": 0.999, "coil_method": "lowres",
                   "nufft_backend": "finufft",
-                  "llr_lambda": 1.2, "n_threads": 2, "iterations": {"cg": 5, "llr": 25}}
+                  "llr_lambda": 1.2, "n_threads": 2, "iterations": {"cg": 5, "llr": 27}}
 
 
 class SettingsError(MrfError):

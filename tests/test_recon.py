@@ -148,7 +148,7 @@ def test_settings_reject_an_unavailable_nufft_backend():
     with pytest.raises(ReconError, match="'finufft' on device 'cuda' is not available"):
         ReconSettings(nufft_backend="finufft", device="cuda")
     assert ReconSettings(nufft_backend="finufft", device="cpu").nufft_backend == "finufft"
-    assert ReconSettings().iterations == 25
+    assert ReconSettings().iterations == 27
 
 
 def test_zero_readouts_and_one_coil_are_documented_fallbacks(small):
