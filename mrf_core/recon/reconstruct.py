@@ -95,8 +95,9 @@ class ReconSettings:
     when the settings are made. Defaults measured with benchmarks/bench_qa.py --sweep,
     benchmarks/bench_convergence.py and benchmarks/bench_recon.py (README): llr at rank 10, lambda 1.2 puts
     every measurable NIST sphere within 5 % at 25 iterations, 27 for the brain's NRMSE (rank 5 leaves the
-    short-T1 spheres 14-28 % high); 0.999 of the energy took 4 virtual coils on the simulated 16-channel scans with the maps of 8;
-    lowres coil maps match ESPIRiT's map error at a fraction of its time; finufft is 3-4x faster than sigpy."""
+    short-T1 spheres 14-28 % high); 0.999 of the energy took 4 virtual coils on the simulated 16-channel
+    scans with the maps of 8; lowres coil maps match ESPIRiT's map error at a fraction of its time; finufft
+    is 3-4x faster than sigpy."""
 
     method: str = "llr"
     rank: int | None = None
