@@ -35,4 +35,8 @@ COPY config_xml/*.xml ${GT_ENV}/share/gadgetron/config/
 USER 1000
 RUN sh /opt/mrf-gadgetron/verify.sh ${GT_ENV}/bin/python ${GT_ENV}/share/gadgetron/config
 
+# numpy's transparent-huge-page requests made the first slice of each fresh reconstruct process ~1 s slower
+# (README, Inline latency); Gadgetron starts the Python stages with this environment
+ENV NUMPY_MADVISE_HUGEPAGE=0
+
 EXPOSE 9002

@@ -241,3 +241,9 @@ def test_the_declared_minimums_admit_the_images_env():
     image = {"numpy": "1.26.4", "h5py": "3.7.0", "scipy": "1.13.0", "ismrmrd": "1.14.0", "gadgetron": "1.4.1"}
     for name, version in image.items():
         assert requirements[name].specifier.contains(version), f"{requirements[name]} excludes the image's {version}"
+
+
+def test_the_image_turns_off_numpys_huge_pages_as_the_stage_launcher_does():
+    from mrf_gadgetron.host.external import HUGEPAGE_ENV
+
+    assert f"{HUGEPAGE_ENV}=0" in _instructions("ENV")

@@ -216,13 +216,23 @@ def test_stages_start_without_preexec_fn(test_gadget, monkeypatch):
         return real_popen(command, **kwargs)
 
     monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
     outputs, _, report = run(config_xml(("images", None), ("passthrough", None)), acquisitions(2))
     assert len(outputs) == 2 and len(calls) == 2
     for command, kwargs in calls:
         assert "preexec_fn" not in kwargs and kwargs.get("start_new_session") is True
+        assert kwargs["env"]["NUMPY_MADVISE_HUGEPAGE"] == "0"  # no transparent huge pages for numpy's arrays
         assert command[1:4] == ["-m", "mrf_gadgetron.host.stage_main", str(os.getpid())]
         assert command[-2] == "wire_test_gadget" and command[-1] in ("images", "passthrough")
     assert_reaped(s.pid for s in report.stages)
+
+
+def test_a_stage_environment_keeps_what_the_user_set():
+    from mrf_gadgetron.host.external import stage_environment
+
+    env = stage_environment({"NUMPY_MADVISE_HUGEPAGE": "1", "PYTHONPATH": "/x"}, memory_mib=512)
+    assert env["NUMPY_MADVISE_HUGEPAGE"] == "1" and env["MRF_STAGE_MEMORY_MIB"] == "512"
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == "/x"
 
 
 def test_stage_main_refuses_to_start_without_its_launcher():
