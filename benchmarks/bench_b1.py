@@ -217,7 +217,9 @@ def main() -> None:
         raw = simulated("b1", args)
         b1_map = write_b1_map(raw, out / f"b1map_{args.matrix}.nii.gz")
         runs = {"B1 0.8-1.2, no B1 map (default chain)": settings_of(),
-                "B1 0.8-1.2, B1 map (1/4 res., 2 % noise), default chain (dictionary)": settings_of(b1_map=b1_map)}
+                "B1 0.8-1.2, B1 map (1/4 res., 2 % noise), default chain (dictionary)": settings_of(b1_map=b1_map),
+                "B1 0.8-1.2, B1 map, one pass in the dictionary's basis": settings_of(b1_map=b1_map,
+                                                                                   basis="dictionary")}
         if args.b1_model:
             runs[f"B1 0.8-1.2, B1 map, network {args.b1_model.name}"] = settings_of(b1_map=b1_map, model=args.b1_model)
         for spec in args.b1_recon:

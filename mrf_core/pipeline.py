@@ -178,6 +178,7 @@ def _fov_z_mm(header) -> float:
 def dictionary_for(schedule: FispSchedule, settings, progress: bool | None = None) -> Dictionary:
     """The dictionary of the settings for `schedule`: `dictionary_file` (checked against the schedule), or
     the grid built for it (or read from `dictionary_cache_dir`)."""
+    from mrf_core.mapping.fitted_basis import WIDE_RANK
     from mrf_core.physics.dictionary import GRIDS, Dictionary, cached_dictionary, percent_grid
     from mrf_core.physics.slice_profile import SliceProfile
 
@@ -202,8 +203,10 @@ def dictionary_for(schedule: FispSchedule, settings, progress: bool | None = Non
         b1_axis = np.asarray(B1_MAP_AXIS)
     grid = (percent_grid(settings.grid_step_pct, b1_axis=b1_axis) if settings.grid == "percent"
             else GRIDS[settings.grid](b1_axis=b1_axis))
-    return cached_dictionary(schedule, grid, settings.n_states, settings.dictionary_rank,
-                             settings.dictionary_cache_dir, progress=progress, slice_profile=profile)
+    wide = min(WIDE_RANK, schedule.n_timepoints)  # a B1-map dictionary keeps a wide basis for fitted bases
+    rank = settings.dictionary_rank if b1_map is None else max(settings.dictionary_rank, wide)
+    return cached_dictionary(schedule, grid, settings.n_states, rank, settings.dictionary_cache_dir,
+                             progress=progress, slice_profile=profile)
 
 
 def load_network(path: Path | None, device: str):
@@ -231,9 +234,11 @@ def _model_basis(model, schedule: FispSchedule) -> TemporalBasis:
 
 def recon_basis(settings, schedule: FispSchedule) -> tuple[TemporalBasis, str]:
     """The basis to reconstruct in and where it came from ("model <file>" or "dictionary"), by the `basis`
-    setting: the model's (used whole), the dictionary's (truncated to `rank`), or auto: the model's when it
-    loads and was trained for this schedule (and, with a `b1_map`, takes B1 as input), else the dictionary's."""
-    if settings.basis != "dictionary":
+    setting: the model's (used whole), the dictionary's (truncated to `rank`; with a `b1_map` its leading
+    `dictionary_rank` components, the dictionary keeping a wide basis for `fits_basis`), or auto: the model's
+    when it loads and was trained for this schedule (and, with a `b1_map`, takes B1 as input), else the
+    dictionary's. With basis fitted (or auto and a b1_map) the dictionary's is the first pass's basis."""
+    if settings.basis in ("auto", "model"):
         model, reason = load_network(settings.model, "cpu")
         if model is not None:
             try:
@@ -245,7 +250,20 @@ def recon_basis(settings, schedule: FispSchedule) -> tuple[TemporalBasis, str]:
         if settings.basis == "model":
             raise PipelineError(f"basis = model, but the model cannot be used: {reason}")
         log.info("basis from the dictionary (the network model cannot be used: %s)", reason)
-    return dictionary_for(schedule, settings).basis, "dictionary"
+    basis = dictionary_for(schedule, settings).basis
+    if settings.b1_map is not None:
+        basis = basis.truncated(min(settings.dictionary_rank, basis.rank))
+    return basis, "dictionary"
+
+
+def fits_basis(settings, basis_source: str) -> bool:
+    """Whether each slice is reconstructed twice, the second time in a basis fitted to its tissues
+    (mrf_core.mapping.fitted_basis): basis fitted, or auto with a b1_map and the dictionary's basis."""
+    if settings.basis == "fitted" and settings.b1_map is None:
+        raise PipelineError("basis = fitted needs a b1_map (the fitted basis is made for B1-corrected matching): "
+                            "give b1_map, or use basis auto or dictionary")
+    return settings.b1_map is not None and (settings.basis == "fitted" or
+                                            (settings.basis == "auto" and basis_source == "dictionary"))
 
 
 def check_model_inputs(model, settings) -> None:
@@ -348,6 +366,19 @@ class Reconstruction:
         self.basis, self.basis_source = recon_basis(settings, self.info.schedule)
         self.options = recon_settings(settings, self.basis_source)
         self.options.basis_of(self.basis)  # a rank above the basis' is an error before any readout is read
+        self.fitted = fits_basis(settings, self.basis_source)
+        self._fit_dictionaries: dict[str, Dictionary] = {}  # by schedule hash
+        if self.fitted:
+            from mrf_core.mapping.fitted_basis import WIDE_RANK
+
+            self.b1_map = load_b1_map(settings)
+            dictionary = self._fit_dictionaries[self.schedule.hash] = dictionary_for(self.schedule, settings)
+            rank = self.options.basis_of(self.basis).rank
+            if dictionary.basis.rank <= rank:
+                log.warning("no basis is fitted to the slices: the dictionary's basis has rank %d, not more than the "
+                            "reconstruction's %d (a dictionary_file for fitting needs a wider basis, e.g. mrf "
+                            "dictionary build --rank %d)", dictionary.basis.rank, rank, WIDE_RANK)
+                self.fitted = False
         self._truncated: dict[str, tuple[TemporalBasis, ReconSettings]] = {}
         self.fov_mm = (self.info.fov_mm, self.info.fov_mm, _fov_z_mm(header) / self.info.n_partitions)
         log.info("%s reconstruction in the basis of the %s (rank %d, hash %s)", self.options.method,
@@ -373,13 +404,11 @@ class Reconstruction:
         warm_up(self.options)  # while the first readouts arrive
         for data in stream:
             basis, options = self.basis_for(data.schedule)
-            result = reconstruct_slice(data, basis, options, progress=self.progress)
-            coefficients = result.coefficients
-            if self.settings.mask_fraction > 0:
-                mask = object_mask(result.time_average, self.settings.mask_fraction)
-                coefficients = np.where(mask[None], coefficients, 0).astype(np.complex64)
             geometry = (ImageGeometry.from_acquisition(data.acquisition_header, self.fov_mm)
                         if data.acquisition_header is not None else ImageGeometry(self.fov_mm))
+            refit = self._refit(data, geometry) if self.fitted else None
+            result = reconstruct_slice(data, basis, options, progress=self.progress, refit=refit)
+            coefficients = self._masked(result.coefficients, result.time_average)
             timings = ", ".join(f"{k} {v:.2f}" for k, v in result.timings_s.items())
             log.info("slice %d (%d readouts, %d coils): %s s", data.slice_index, data.n_readouts, data.n_coils,
                      timings)
@@ -387,6 +416,33 @@ class Reconstruction:
                 log.info("slice %d: %s", data.slice_index, note)
             yield SliceCoefficients(data.slice_index, coefficients, result.basis, geometry, result, data.schedule,
                                     list(data.warnings))
+
+
+    def _masked(self, coefficients: np.ndarray, time_average: np.ndarray) -> np.ndarray:
+        """Coefficients set to 0 outside the object mask (mask_fraction; 0: unchanged)."""
+        if self.settings.mask_fraction <= 0:
+            return coefficients
+        mask = object_mask(time_average, self.settings.mask_fraction)
+        return np.where(mask[None], coefficients, 0).astype(np.complex64)
+
+    def _refit(self, data: SliceData, geometry: ImageGeometry):
+        """The slice's refit (reconstruct_slice): the basis fitted to its first pass's tissues at the B1 map."""
+        from mrf_core.mapping.fitted_basis import fit_basis
+
+        def refit(coefficients: np.ndarray, basis: TemporalBasis, time_average: np.ndarray) -> TemporalBasis | None:
+            x = np.moveaxis(self._masked(coefficients, time_average), 0, -1)
+            mask = object_voxels(x)
+            b1 = slice_b1(self.b1_map, geometry, mask, data.slice_index)
+            if data.schedule.hash not in self._fit_dictionaries:
+                self._fit_dictionaries[data.schedule.hash] = dictionary_for(data.schedule, self.settings)
+            dictionary = self._fit_dictionaries[data.schedule.hash]
+            fitted = fit_basis(dictionary, x[mask], basis, b1[mask])
+            if fitted is None:
+                log.warning("slice %d: no basis fitted (%d voxels matched): kept the dictionary's",
+                            data.slice_index, int(mask.sum()))
+            return fitted
+
+        return refit
 
 
 # ---- mapping -----------------------------------------------------------------------------------------
@@ -464,8 +520,8 @@ class DictionaryMapper:
     def dictionary(self, schedule: FispSchedule, basis: TemporalBasis) -> Dictionary:
         if self._dictionary is None:
             self._dictionary = dictionary_for(schedule, self.settings)
-        if basis.hash not in self._in_basis:
-            self._in_basis[basis.hash] = self._dictionary.in_basis(basis)
+        if basis.hash not in self._in_basis:  # one kept: a fitted basis is each slice's own
+            self._in_basis = {basis.hash: self._dictionary.in_basis(basis)}
         return self._in_basis[basis.hash]
 
     def __call__(self, coefficients: np.ndarray, basis: TemporalBasis, schedule: FispSchedule,

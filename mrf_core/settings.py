@@ -215,9 +215,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mask_fraction", "0.1", number(0.0, 0.99),
             "object mask: voxels whose time-average magnitude exceeds this fraction of its 99th percentile "
             "(0: no mask)", ("recon",)),
-    Setting("basis", "auto", choice("auto", "model", "dictionary"),
-            "the temporal basis: the network model's (model), the dictionary's (dictionary), or the model's "
-            "when it fits the scan, else the dictionary's (auto)", ("recon",)),
+    Setting("basis", "auto", choice("auto", "model", "dictionary", "fitted"),
+            "the temporal basis: the network model's (model), the dictionary's (dictionary), the dictionary's "
+            "refitted to each slice's tissues after a first pass (fitted: two passes, needs a b1_map), or the "
+            "model's when it fits the scan, else fitted with a b1_map, else the dictionary's (auto)", ("recon",)),
     Setting("device", "cpu", device, "torch device of the reconstruction and the network (cpu, cuda, cuda:N)",
             ("recon", "network")),
     Setting("threads", str(_R["n_threads"]), integer(0, 256),
@@ -241,7 +242,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("b1_map", "", optional_path,
             "measured B1 map (relative; .nii/.nii.gz, .npy/.npz, or ISMRMRD images), resampled to each slice: "
             "the dictionary is matched in each voxel's B1 slice (built with B1 0.6-1.4 step 0.05 unless b1_values "
-            "has several values); a network without a B1 input falls back to the dictionary; empty: B1 = 1 assumed",
+            "has several values, and a wide basis for the fitted basis); a network without a B1 input falls back "
+            "to the dictionary; empty: B1 = 1 assumed",
             ("recon", "network", "dictionary")),
     Setting("slice_profile", "none", slice_profile,
             "RF pulse whose 2-D slice profile the dictionary models, e.g. hann-sinc:4 (Hann-windowed sinc, "

@@ -100,6 +100,37 @@ def test_reconstruction_is_deterministic(small):
             assert np.abs(again - first).max() <= 1e-5 * np.abs(first).max()
 
 
+def test_a_refit_solves_again_in_the_basis_it_returns(small):
+    """reconstruct_slice's refit sees the first pass (coefficients, basis, time average); the basis it returns
+    is solved in from the first pass's coefficients converted into it. CG does not depend on the coordinates:
+    a second pass in a rotation of the first basis gives the rotation of a second pass in the first basis
+    itself (to the PSF kernels' NUFFT accuracy, 1e-4), and a refit that returns None leaves the first pass."""
+    from mrf_core.physics.temporal_basis import TemporalBasis
+
+    _, _, slices, basis = small
+    settings = ReconSettings(method="cg", n_iterations=6, tolerance=0.0)
+    q, _ = np.linalg.qr(np.random.default_rng(2).standard_normal((5, 5)))
+    rotated = TemporalBasis((basis.vectors.astype(np.float64) @ q).astype(np.float32), basis.singular_values,
+                            basis.signal_phase, basis.schedule_hash)
+    seen = []
+
+    def refit(coefficients, first_basis, time_average):
+        seen.append((coefficients.shape, first_basis.hash, time_average.shape))
+        return rotated
+
+    plain = reconstruct_slice(slices[0], basis, settings)
+    kept = reconstruct_slice(slices[0], basis, settings, refit=lambda *_: None)
+    again = reconstruct_slice(slices[0], basis, settings, refit=lambda *_: basis)
+    result = reconstruct_slice(slices[0], basis, settings, refit=refit)
+    assert seen == [((5, 32, 32), basis.hash, (32, 32))] and result.basis is rotated
+    scale = np.abs(plain.coefficients).max()
+    assert kept.basis is basis and np.abs(kept.coefficients - plain.coefficients).max() <= 1e-5 * scale
+    assert np.abs(again.coefficients - plain.coefficients).max() > 1e-3 * scale  # the second pass moved on
+    back = np.einsum("kl,lij->kij", q, result.coefficients)  # rotated coefficients back into the first basis
+    assert np.abs(back - again.coefficients).max() <= 1e-3 * scale
+    assert {"refit", "psf", "iterations"} <= set(result.timings_s)
+
+
 def _edited(data, **changes):
     return dataclasses.replace(data, **changes)
 

@@ -8,7 +8,9 @@ against its own interpolated T1 x T2 slice with mrf_core.mapping.matching.match:
 as without a B1 axis, but a slice makes ~80 small matches ("auto" search is exhaustive here: a group's few
 voxels do not pay back the pruned search's cluster set-up; 3-4x the B1-free pruned match on the 256^2 NIST slice).
 Linear interpolation error, measured on the Jiang schedule at the midpoint between slices 0.05 apart: 2-3e-4
-of the fingerprint norm (4e-3 at T1/T2 1500/500 ms), against ~1e-2 for the nearest slice. B1 outside the
+of the fingerprint norm (4e-3 at T1/T2 1500/500 ms, 7e-3 at 2480/581 ms, 1.3e-2 at 1989/1465 ms and 2.9e-2
+at 4000/2000 ms: long-T2 fingerprints do not change smoothly with B1), against ~1e-2 for the nearest slice.
+B1 outside the
 grid's axis is clamped to its ends (counted).
 
 Sub-grid T1/T2 (`subgrid`, on by default): with B1 known, the score (squared correlation) around the best atom

@@ -32,6 +32,7 @@ from mrf_core.physics.temporal_basis import BasisError, TemporalBasis, basis_fro
 
 FILE_FORMAT = "mrf-dictionary"
 FILE_VERSION = 1
+_INSIDE_TOLERANCE = 1e-5  # a basis vector keeping > 1 - this of its norm in the dictionary's basis lies inside it
 
 
 log = logging.getLogger(__name__)
@@ -167,10 +168,15 @@ class Dictionary:
         subspace (e.g. a reconstruction's truncated basis or a network model's). Matching coefficients of a
         rank-K reconstruction must use atoms in that same K-dimensional subspace: padding the coefficients
         into a larger basis normalises atoms over components the data do not have, which biases T2.
+        A basis inside this dictionary's subspace (a truncation, or one fitted to a slice within a wide
+        dictionary basis: mrf_core.mapping.fitted_basis) gets the exact projection of the atoms.
         BasisError when `basis` does not capture this dictionary's subspace or has another phase."""
         if basis.hash == self.basis.hash:
             return self
-        conversion = self.basis.conversion_to(basis)  # (basis.rank, self.rank)
+        conversion = self.basis.conversion_to(basis, min_captured=0.0)  # (basis.rank, self.rank)
+        inside = np.sum(np.abs(conversion.astype(np.complex128)) ** 2, axis=1).min() > 1 - _INSIDE_TOLERANCE
+        if not inside:
+            conversion = self.basis.conversion_to(basis)  # the BasisError when it loses the dictionary's signal
         if np.abs(conversion.imag).max() > 1e-6 * max(float(np.abs(conversion.real).max()), 1.0):
             raise BasisError(f"basis {basis.hash} has another signal phase than the dictionary's {self.basis.hash}")
         compressed = (self.compressed @ conversion.real.T).astype(np.float32)
@@ -371,6 +377,18 @@ def cached_dictionary(
     return dictionary
 
 
+def atom_fingerprints(schedule: FispSchedule, t1_ms, t2_ms, b1, n_states: int = DEFAULT_N_STATES,
+                      slice_profile: SliceProfile | None = None, device: str | torch.device | None = None,
+                      chunk_atoms: int = DEFAULT_CHUNK_ATOMS, progress: bool | None = False) -> np.ndarray:
+    """Real fingerprints (n, n_timepoints) float32 of atoms (T1 ms, T2 ms, B1) as a dictionary of these
+    settings simulates them: the EPG, or with a slice_profile the sum of its sub-slices' EPG signals."""
+    if slice_profile is not None:
+        return profile_fingerprints(schedule, t1_ms, t2_ms, b1, slice_profile, n_states=n_states, device=device,
+                                    chunk_atoms=chunk_atoms).cpu().numpy()
+    return simulate_fingerprints(schedule, t1_ms, t2_ms, b1, n_states=n_states, device=device,
+                                 chunk_atoms=chunk_atoms, progress=progress).cpu().numpy()
+
+
 def build_dictionary(
     schedule: FispSchedule,
     grid: DictionaryGrid,
@@ -388,12 +406,7 @@ def build_dictionary(
     atom is the sum of its sub-slices' fingerprints (n_positions times the EPG work)."""
     t1, t2, b1, index = grid.atoms()
     start = time.perf_counter()
-    if slice_profile is not None:
-        fingerprints = profile_fingerprints(schedule, t1, t2, b1, slice_profile, n_states=n_states, device=device,
-                                            chunk_atoms=chunk_atoms).cpu().numpy()
-    else:
-        fingerprints = simulate_fingerprints(schedule, t1, t2, b1, n_states=n_states, device=device,
-                                             chunk_atoms=chunk_atoms, progress=progress).cpu().numpy()
+    fingerprints = atom_fingerprints(schedule, t1, t2, b1, n_states, slice_profile, device, chunk_atoms, progress)
     basis = basis_from_fingerprints(fingerprints, signal_phase(schedule), schedule.hash, rank, residual_energy)
     compressed = basis.project_real(fingerprints)
     return Dictionary(

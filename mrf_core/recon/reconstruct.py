@@ -77,6 +77,8 @@ _COVERAGE_RADIUS = 0.95  # ... inside this fraction of matrix/2
 # 10 iterations leave them up to 13 % high, 20 up to 5.3 %, 25 within 4.4 %), and 27 for the brain slice's
 # NRMSE of the former 30 (0.0401 / 0.0588 against 0.0404 / 0.0590; benchmarks/bench_convergence.py).
 DEFAULT_ITERATIONS = {"cg": 5, "llr": 27}
+# refit(coefficients, their basis, time_average) -> another basis or None (reconstruct_slice)
+Refit = Callable[[np.ndarray, TemporalBasis, np.ndarray], "TemporalBasis | None"]
 
 
 class ReconError(MrfError):
@@ -279,18 +281,21 @@ def _finite_and_nonzero(kspace: np.ndarray, block: int = 32) -> tuple[bool, np.n
 
 # ---- pipeline ---------------------------------------------------------------------------------------
 def reconstruct_slice(data: SliceData, basis: TemporalBasis, settings: ReconSettings = ReconSettings(),
-                      progress: bool | None = None, observer: Callable[[int, np.ndarray], None] | None = None
-                      ) -> ReconResult:
+                      progress: bool | None = None, observer: Callable[[int, np.ndarray], None] | None = None,
+                      refit: Refit | None = None) -> ReconResult:
     """Coefficient images of one slice by `settings.method` (module docstring); observer(i, x) sees the
-    iterate after each iteration (cg, llr: e.g. accuracy against iterations in one run). BLAS runs
+    iterate after each iteration (cg, llr: e.g. accuracy against iterations in one run). With `refit`
+    (iterative methods), refit(coefficients, basis, time_average) may return another basis (e.g. one fitted to the
+    slice's tissues, mrf_core.mapping.fitted_basis): the slice is then solved again in it, started from the
+    first pass's coefficients converted into it (PSF kernels not cached: the basis is the slice's own). BLAS runs
     single-threaded here: the stages' matrix products are small, and on a busy 2-core machine OpenBLAS's
     threads took up to 27 s for a 0.1 s stage (measured); finufft and the FFTs use settings.n_threads."""
     with threadpool_limits(limits=1, user_api="blas"):
-        return _reconstruct(data, basis, settings, progress, observer)
+        return _reconstruct(data, basis, settings, progress, observer, refit)
 
 
 def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings, progress: bool | None,
-                 observer: Callable[[int, np.ndarray], None] | None) -> ReconResult:
+                 observer: Callable[[int, np.ndarray], None] | None, refit: Refit | None) -> ReconResult:
     clock, notes = _Clock(), list(data.notes)
     basis = _basis_for(basis, data, settings)
     s = settings
@@ -302,7 +307,7 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
         if note:
             notes.append(note)
         kspace = data.kspace[rows]
-    n, n_coils, rank = data.matrix, data.n_coils, basis.rank
+    n, n_coils = data.matrix, data.n_coils
     with clock("prewhiten"):
         whitening = _whitening(data, notes)
     with clock("compress"):
@@ -310,9 +315,6 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
         mean = reduce_readouts(kspace, sampling, (1.0 / counts[sampling.group])[:, None].astype(np.float32))[0]
         whitening = _compression(mean, whitening, s)
         mean = (whitening @ mean.reshape(n_coils, -1)).reshape((-1,) + mean.shape[1:])  # (V, J, S)
-    if s.method != "gridding":
-        with clock("reduce"):
-            z = reduce_readouts(kspace, sampling, sampling.readout_weights(basis.vectors), whitening)  # (K, V, J, S)
     nufft = Nufft(sampling.traj, n, backend=s.nufft_backend, eps=s.nufft_eps, n_threads=s.n_threads,
                   device=s.device)
     with clock("coil_maps"):
@@ -330,19 +332,23 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
         return ReconResult(np.ascontiguousarray(coefficients, dtype=np.complex64), basis, time_average, maps,
                            clock.total(), notes, time_series=series, method=s.method)
 
-    op = SubspaceOperator(sampling, basis.vectors, maps, basis.signal_phase, nufft=nufft)
-    with clock("adjoint"):
-        rhs = op.adjoint_reduced(z, weighted=s.dcf_weighting)
-        gain = _expected_gain(sampling, basis, n, s.dcf_weighting)
-        backprojection = np.einsum("kl,lij->kij", np.linalg.inv(gain), rhs).astype(np.complex64)
-    convergence: list[float] = []
-    if s.method == "backprojection":
-        coefficients = backprojection
-    else:
+    def solve(basis: TemporalBasis, x0: np.ndarray | None = None,
+              cache_dir: str | None = s.psf_cache_dir) -> tuple[np.ndarray, list[float]]:
+        """Coefficients in `basis` (and the convergence record), started from x0 or the back-projection."""
+        with clock("reduce"):
+            z = reduce_readouts(kspace, sampling, sampling.readout_weights(basis.vectors), whitening)  # (K, V, J, S)
+        op = SubspaceOperator(sampling, basis.vectors, maps, basis.signal_phase, nufft=nufft)
+        with clock("adjoint"):
+            rhs = op.adjoint_reduced(z, weighted=s.dcf_weighting)
+            gain = _expected_gain(sampling, basis, n, s.dcf_weighting)
+            backprojection = np.einsum("kl,lij->kij", np.linalg.inv(gain), rhs).astype(np.complex64)
+        if s.method == "backprojection":
+            return backprojection, []
         with clock("psf"):
             normal = ToeplitzNormal.compute(sampling, basis.vectors, weighted=s.dcf_weighting,
                                             backend=s.nufft_backend, eps=s.nufft_eps, n_threads=s.n_threads,
-                                            device=s.device, cache_dir=s.psf_cache_dir)
+                                            device=s.device, cache_dir=cache_dir)
+        start = backprojection if x0 is None else x0
         with clock("iterations"), progress_bar(total=s.iterations, desc=f"{s.method} slice {data.slice_index}",
                                                unit="iteration", enabled=progress) as bar:
             def apply(c):
@@ -354,16 +360,25 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
                     observer(i, x)
 
             if s.method == "cg":
-                scale = float(np.trace(gain)) / rank
-                coefficients, record = conjugate_gradient(apply, rhs, s.iterations, x0=backprojection,
+                scale = float(np.trace(gain)) / basis.rank
+                coefficients, record = conjugate_gradient(apply, rhs, s.iterations, x0=start,
                                                           tolerance=s.tolerance, lambda_l2=s.lambda_l2 * scale,
                                                           callback=step)
             else:
                 threshold = s.llr_lambda * _largest_block_value(backprojection, s.llr_block)
                 lipschitz = s.step_margin * normal.largest_eigenvalue(maps)
                 coefficients, record = fista_llr(apply, rhs, s.iterations, threshold, s.llr_block,
-                                                 x0=backprojection, lipschitz=lipschitz or None, callback=step)
-            convergence = record.values
+                                                 x0=start, lipschitz=lipschitz or None, callback=step)
+        return coefficients, record.values
+
+    coefficients, convergence = solve(basis)
+    if refit is not None and s.method in ("cg", "llr"):
+        with clock("refit"):
+            fitted = refit(coefficients, basis, time_average)
+        if fitted is not None:  # the second pass, from the first's coefficients in the fitted basis
+            start = np.einsum("lk,kij->lij", basis.conversion_to(fitted, min_captured=0.0), coefficients)
+            coefficients, convergence = solve(fitted, start.astype(np.complex64), cache_dir=None)
+            basis = fitted
     return ReconResult(np.ascontiguousarray(coefficients, dtype=np.complex64), basis, time_average, maps,
                        clock.total(), notes, convergence=convergence, method=s.method)
 
