@@ -235,10 +235,11 @@ def _model_basis(model, schedule: FispSchedule) -> TemporalBasis:
 def recon_basis(settings, schedule: FispSchedule) -> tuple[TemporalBasis, str]:
     """The basis to reconstruct in and where it came from ("model <file>" or "dictionary"), by the `basis`
     setting: the model's (used whole), the dictionary's (truncated to `rank`; with a `b1_map` its leading
-    `dictionary_rank` components, the dictionary keeping a wide basis for `fits_basis`), or auto: the model's
-    when it loads and was trained for this schedule (and, with a `b1_map`, takes B1 as input), else the
-    dictionary's. With basis fitted (or auto and a b1_map) the dictionary's is the first pass's basis."""
-    if settings.basis in ("auto", "model"):
+    `dictionary_rank` components, the dictionary keeping a wide basis for the fitted basis), fitted (the
+    dictionary's for a first pass, see fits_basis), or auto: with a `b1_map` as fitted, else the model's
+    when it loads and was trained for this schedule, else the dictionary's. A network maps coefficients of
+    another basis by converting them into its own (NetworkMapper)."""
+    if settings.basis == "model" or (settings.basis == "auto" and settings.b1_map is None):
         model, reason = load_network(settings.model, "cpu")
         if model is not None:
             try:
@@ -258,12 +259,11 @@ def recon_basis(settings, schedule: FispSchedule) -> tuple[TemporalBasis, str]:
 
 def fits_basis(settings, basis_source: str) -> bool:
     """Whether each slice is reconstructed twice, the second time in a basis fitted to its tissues
-    (mrf_core.mapping.fitted_basis): basis fitted, or auto with a b1_map and the dictionary's basis."""
+    (mrf_core.mapping.fitted_basis): with a b1_map and basis fitted or auto."""
     if settings.basis == "fitted" and settings.b1_map is None:
         raise PipelineError("basis = fitted needs a b1_map (the fitted basis is made for B1-corrected matching): "
                             "give b1_map, or use basis auto or dictionary")
-    return settings.b1_map is not None and (settings.basis == "fitted" or
-                                            (settings.basis == "auto" and basis_source == "dictionary"))
+    return settings.b1_map is not None and settings.basis in ("auto", "fitted") and basis_source == "dictionary"
 
 
 def check_model_inputs(model, settings) -> None:

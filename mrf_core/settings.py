@@ -217,8 +217,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(0: no mask)", ("recon",)),
     Setting("basis", "auto", choice("auto", "model", "dictionary", "fitted"),
             "the temporal basis: the network model's (model), the dictionary's (dictionary), the dictionary's "
-            "refitted to each slice's tissues after a first pass (fitted: two passes, needs a b1_map), or the "
-            "model's when it fits the scan, else fitted with a b1_map, else the dictionary's (auto)", ("recon",)),
+            "refitted to each slice's tissues after a first pass (fitted: two passes, needs a b1_map), or auto: "
+            "fitted with a b1_map, else the model's when it fits the scan, else the dictionary's", ("recon",)),
     Setting("device", "cpu", device, "torch device of the reconstruction and the network (cpu, cuda, cuda:N)",
             ("recon", "network")),
     Setting("threads", str(_R["n_threads"]), integer(0, 256),

@@ -114,3 +114,46 @@ def test_the_simulator_models_the_profile_and_states_it(caplog):
     with caplog.at_level(logging.WARNING, logger="mrf_core.pipeline"):
         scan_info(scan.header, defaults())
     assert "states the slice profile hann-sinc:4:4" in caplog.text
+
+
+def test_a_network_trained_with_the_profile_says_so_and_is_checked(tmp_path):
+    """`mrf train --slice-profile` (TrainConfig.slice_profile): the training fingerprints, the model's basis
+    and its PD table are the profile's sums (the table's coefficients are those of the sums of the sub-slice
+    fingerprints, summed here); the metadata records the profile, the loader reads it back, and the chain
+    uses the model only for a scan whose slice_profile setting is the same."""
+    import torch
+
+    from mrf_core.mapping import load_model
+    from mrf_core.mapping.parameters import ParameterSpace
+    from mrf_core.mapping.training import TrainConfig, train_model
+    from mrf_core.physics.epg import simulate_fingerprints
+    from mrf_core.pipeline import check_model_inputs
+
+    schedule = default_schedule().truncated(60)
+    profile = SliceProfile(4.0, n_positions=4)
+    config = TrainConfig(arch="mlp", rank=5, space=ParameterSpace((100.0, 2000.0), (10.0, 500.0)), n_train=600,
+                         n_val=100, epochs=1, n_states=20, table_nodes=9, progress=False,
+                         arch_options={"width": 16}, basis_step_pct=30.0, slice_profile=profile)
+    module, metadata = train_model(schedule, config, tmp_path / "sp.pt")
+    model = load_model(tmp_path / "sp.pt")
+    assert model.slice_profile == profile and metadata["training"]["slice_profile"]["tbw"] == 4.0
+
+    scales, weights = profile.sub_slices()
+    t1, t2 = np.array([600.0]), np.array([60.0])
+    summed = sum(np.sign(m) * w * simulate_fingerprints(schedule, t1, t2, np.array([abs(m)]), n_states=20).numpy()
+                 for m, w in zip(scales, weights, strict=True))
+    ideal = simulate_fingerprints(schedule, t1, t2, np.ones(1), n_states=20).numpy()
+    looked_up = model._table.lookup(torch.as_tensor([[600.0, 60.0]]))[0].numpy()[0]
+    expected = model.basis.project_real(summed)[0]
+    # the table's cubic interpolation between its 9 nodes per axis errs by ~1e-3 of the norm; the profile
+    # changes the fingerprint by ~0.14 of it
+    assert np.linalg.norm(looked_up - expected) <= 0.01 * np.linalg.norm(summed)
+    assert np.linalg.norm(model.basis.project_real(ideal)[0] - expected) >= 0.1 * np.linalg.norm(summed)
+
+    settings = defaults()
+    settings.model, settings.slice_profile = tmp_path / "sp.pt", "hann-sinc:4:4"
+    check_model_inputs(model, settings)
+    settings.slice_profile = "none"
+    with pytest.raises(PipelineError, match="trained for slice profile hann-sinc:4"):
+        check_model_inputs(model, settings)
+

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from mrf_core.mapping.parameters import MappingConfigError, ParameterSpace
-from mrf_core.physics.epg import simulate_fingerprints
+from mrf_core.physics.dictionary import atom_fingerprints
 from mrf_core.physics.sequence import FispSchedule
+from mrf_core.physics.slice_profile import SliceProfile
 from mrf_core.physics.temporal_basis import TemporalBasis
 
 DEFAULT_TABLE_NODES = 129
@@ -43,16 +44,18 @@ class FingerprintTable:
     @classmethod
     def build(cls, schedule: FispSchedule, basis: TemporalBasis, space: ParameterSpace,
               n_nodes: int = DEFAULT_TABLE_NODES, n_b1_nodes: int = DEFAULT_B1_NODES, n_states: int = 50,
-              device: str | torch.device | None = None) -> FingerprintTable:
-        """Simulate the grid's fingerprints (T2 clipped to the physical bound 2 T1) and project them."""
+              device: str | torch.device | None = None, slice_profile: SliceProfile | None = None
+              ) -> FingerprintTable:
+        """Simulate the grid's fingerprints (T2 clipped to the physical bound 2 T1; with the slice profile
+        when given) and project them."""
         axes = [_padded_axis(np.log(lo), np.log(hi), n_nodes) for lo, hi in (space.t1_range_ms, space.t2_range_ms)]
         if space.b1_range is not None:
             axes.append(_padded_axis(*space.b1_range, n_b1_nodes))
         grids = np.meshgrid(*axes, indexing="ij")
         t1 = np.exp(grids[0]).ravel()
         t2 = np.minimum(np.exp(grids[1]).ravel(), 2 * t1)
-        b1 = grids[2].ravel() if len(axes) == 3 else 1.0
-        fps = simulate_fingerprints(schedule, t1, t2, b1, n_states=n_states, device=device).cpu().numpy()
+        b1 = grids[2].ravel() if len(axes) == 3 else np.ones_like(t1)
+        fps = atom_fingerprints(schedule, t1, t2, b1, n_states, slice_profile, device)
         coefficients = basis.project_real(fps)
         return cls(
             coefficients=torch.as_tensor(coefficients), norms=torch.as_tensor(np.linalg.norm(fps, axis=1)),

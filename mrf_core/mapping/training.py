@@ -35,9 +35,10 @@ from mrf_core.mapping.inputs import InputTransform, channels_of, reference_of
 from mrf_core.mapping.module import MappingModule
 from mrf_core.mapping.parameters import MappingConfigError, ParameterSpace
 from mrf_core.mapping.table import DEFAULT_B1_NODES, DEFAULT_TABLE_NODES, FingerprintTable
-from mrf_core.physics.dictionary import Dictionary, build_dictionary, percent_grid
-from mrf_core.physics.epg import default_device, simulate_fingerprints
+from mrf_core.physics.dictionary import Dictionary, atom_fingerprints, build_dictionary, percent_grid
+from mrf_core.physics.epg import default_device
 from mrf_core.physics.sequence import FispSchedule
+from mrf_core.physics.slice_profile import SliceProfile, spec_of
 from mrf_core.physics.temporal_basis import TemporalBasis
 from mrf_core.progress import bar
 
@@ -75,6 +76,7 @@ class TrainConfig:
     amp: str | None = None  # mixed precision on CUDA (torch.autocast): "bf16" or "fp16"; None (and on a CPU): fp32
     b1_input: bool = False  # B1 (from a B1 map) as an input beside the signal; needs space.b1_range
     b1_input_noise: float = 0.02  # relative std of the error put on the B1 input in training
+    slice_profile: SliceProfile | None = None  # the RF pulse's slice profile the fingerprints model (None: ideal)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -119,14 +121,15 @@ class TrainingSet:
 
 def simulate_set(schedule: FispSchedule, space: ParameterSpace, n: int, rng: np.random.Generator,
                  basis: TemporalBasis | None, n_states: int = 50, device=None,
-                 progress: bool | None = None) -> TrainingSet:
-    """n random tissues and their fingerprints (projected on `basis` when given), in chunks."""
+                 progress: bool | None = None, slice_profile: SliceProfile | None = None) -> TrainingSet:
+    """n random tissues and their fingerprints (projected on `basis` when given), in chunks; with a
+    slice_profile each is the sum of its sub-slices' fingerprints, as in a dictionary with that profile."""
     params = space.sample(n, rng)
     signals, mean_abs = [], []
     for lo in bar(range(0, n, _SIM_CHUNK), desc="EPG of the training tissues", unit="chunk", enabled=progress):
         p = params[lo : lo + _SIM_CHUNK]
-        fps = simulate_fingerprints(schedule, p[:, 0], p[:, 1], p[:, 2] if p.shape[1] > 2 else 1.0,
-                                    n_states=n_states, device=device).cpu()
+        b1 = p[:, 2] if p.shape[1] > 2 else np.ones(len(p))
+        fps = torch.from_numpy(atom_fingerprints(schedule, p[:, 0], p[:, 1], b1, n_states, slice_profile, device))
         mean_abs.append(fps.abs().mean(dim=1))
         signals.append(fps @ torch.as_tensor(basis.vectors) if basis is not None else fps)
     return TrainingSet(params, torch.cat(signals), torch.cat(mean_abs))
@@ -164,6 +167,9 @@ def model_basis(schedule: FispSchedule, config: TrainConfig, rank: int) -> Tempo
     dictionary needs no conversion)."""
     if config.basis_dictionary is not None:
         d = Dictionary.load(config.basis_dictionary, schedule=schedule, fingerprints=False)
+        if spec_of(d.slice_profile) != spec_of(config.slice_profile):
+            raise MappingConfigError(f"{config.basis_dictionary} was built with slice profile "
+                                     f"{spec_of(d.slice_profile)}, the training models {spec_of(config.slice_profile)}")
         if d.basis.rank < rank:
             raise MappingConfigError(f"{config.basis_dictionary} has a rank-{d.basis.rank} basis, rank {rank} asked")
         return d.basis.truncated(rank)
@@ -172,7 +178,7 @@ def model_basis(schedule: FispSchedule, config: TrainConfig, rank: int) -> Tempo
     grid = percent_grid(config.basis_step_pct, space.t1_range_ms, space.t2_range_ms, b1_axis=b1)
     rank = min(rank, schedule.n_timepoints)
     return build_dictionary(schedule, grid, n_states=config.n_states, rank=rank, keep_fingerprints=False,
-                            progress=False, device=config.device).basis
+                            progress=False, device=config.device, slice_profile=config.slice_profile).basis
 
 
 @torch.no_grad()
@@ -212,9 +218,9 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
     basis = model_basis(schedule, config, config.rank if coefficient_model else SCORE_BASIS_RANK)
     if data is None:
         train = simulate_set(schedule, space, config.n_train, rng, basis if coefficient_model else None,
-                             config.n_states, device, config.progress)
+                             config.n_states, device, config.progress, config.slice_profile)
         val = simulate_set(schedule, space, config.n_val, rng, basis if coefficient_model else None,
-                           config.n_states, device, False)
+                           config.n_states, device, False, config.slice_profile)
     else:
         train, val = data
         if (train.signals.shape[0], val.signals.shape[0]) != (config.n_train, config.n_val):
@@ -292,7 +298,8 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
         metrics[name] = {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))),
                          "median_rel_error": float(np.median(np.abs(err) / val.params[:, p]))}
     table = FingerprintTable.build(schedule, basis, space, n_nodes=config.table_nodes,
-                                   n_b1_nodes=config.table_b1_nodes, n_states=config.n_states)
+                                   n_b1_nodes=config.table_b1_nodes, n_states=config.n_states,
+                                   slice_profile=config.slice_profile)
     module.attach(basis, table)
     metadata = {
         "architecture": {"name": config.arch, "options": config.arch_options,
