@@ -417,7 +417,6 @@ class Reconstruction:
             yield SliceCoefficients(data.slice_index, coefficients, result.basis, geometry, result, data.schedule,
                                     list(data.warnings))
 
-
     def _masked(self, coefficients: np.ndarray, time_average: np.ndarray) -> np.ndarray:
         """Coefficients set to 0 outside the object mask (mask_fraction; 0: unchanged)."""
         if self.settings.mask_fraction <= 0:

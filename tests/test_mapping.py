@@ -148,6 +148,35 @@ def test_foreign_schedule_and_basis_are_mismatches(tiny_model):
         model.map_signals(np.ones((3, 40), np.complex64))
 
 
+def test_a_basis_that_holds_its_own_signal_is_converted(tiny_model):
+    """A scan basis fitted to its signals (three tissues' fingerprints span it, its singular values say it
+    holds them whole) need not hold the model's subspace: converted into the model's basis its coefficients
+    give the projection of those signals, and the network maps them as from the model's own basis. The same
+    vectors with singular values that claim no more than a generic basis are refused."""
+    from mrf_core.physics.epg import simulate_fingerprints
+
+    model = load_model(tiny_model[0])
+    t1, t2 = np.array([400.0, 900.0, 1500.0]), np.array([50.0, 90.0, 150.0])
+    signals = simulate_fingerprints(SCHEDULE, t1, t2, np.ones(3), n_states=20).numpy().astype(np.float64)
+    rng = np.random.default_rng(4)
+    vectors = np.linalg.qr(np.concatenate([signals.T, rng.normal(size=(32, 2))], axis=1))[0].astype(np.float32)
+    singular = np.zeros(32)
+    singular[:3] = np.linalg.svd(signals, compute_uv=False)
+    fitted = TemporalBasis(vectors, singular, model.basis.signal_phase, SCHEDULE.hash)
+    assert model.basis.conversion_to(fitted, min_captured=0.0) is not None
+    with pytest.raises(Exception, match="captures"):
+        model.basis.conversion_to(fitted, min_captured=0.9998)  # it does not hold the model's subspace
+    x = (signals * model.basis.signal_phase).astype(np.complex64)
+    own = model.map_coefficients(model.basis.project(x), model.basis)
+    converted = model.map_coefficients(fitted.project(x), fitted)
+    np.testing.assert_allclose(converted.t1_ms, own.t1_ms, rtol=1e-3)
+    np.testing.assert_allclose(converted.t2_ms, own.t2_ms, rtol=1e-3)
+    generic = TemporalBasis(vectors, np.r_[singular[:3], np.full(29, singular[2])], model.basis.signal_phase,
+                            SCHEDULE.hash)
+    with pytest.raises(ModelMismatchError, match="does not hold"):
+        model.map_coefficients(fitted.project(x), generic)
+
+
 def _rotated_basis(model):
     rotation = np.linalg.qr(np.random.default_rng(1).normal(size=(5, 5)))[0]
     rotated = TemporalBasis((model.basis.vectors @ rotation).astype(np.float32), model.basis.singular_values,

@@ -120,8 +120,13 @@ class MrfModel:
             raise ModelMismatchError(
                 f"coefficients are in a basis of schedule {basis.schedule_hash}, the model {self.path.name} was "
                 f"trained for {self.schedule.hash} ({self.schedule.name}, {self.schedule.n_timepoints} TRs)")
-        try:  # both ways: the model's input must be representable (strictly), and the scan's signal kept
-            self.basis.conversion_to(basis, min_captured=MODEL_SUBSPACE_MIN_CAPTURED)
+        # both ways: the model's input must be representable (strictly): the scan's basis holds the model's
+        # subspace, or holds its own signal as well (a basis fitted to the slice, whose singular values are
+        # the slice's: the projection of that signal is what the network was trained on); and the scan's
+        # signal is kept by the model's basis
+        try:
+            if not basis.residual_energy() <= 1 - MODEL_SUBSPACE_MIN_CAPTURED:  # (NaN: no singular values)
+                self.basis.conversion_to(basis, min_captured=MODEL_SUBSPACE_MIN_CAPTURED)
             return basis.conversion_to(self.basis)
         except BasisError as exc:
             raise ModelMismatchError(f"the scan's basis does not hold the model's subspace (needs "
