@@ -16,10 +16,14 @@ times (1 + 2 % Gaussian noise), written as a NIfTI volume of both slices with it
 goes through the geometry code like a scanner's.
 Joint B1 estimation without a map: simulated fingerprints with noise, matched over the whole B1-axis dictionary
 (B1 estimated with T1/T2) and in the known B1's slice (the table below the QA table).
-With the B1 map the default chain maps with the dictionary in each voxel's B1 slice (the shipped network has
-no B1 input), reconstructed in the B1-axis dictionary's basis; --b1-model FILE adds a run with a network
-trained with a B1 input (`mrf train --preset default --b1-range 0.6 1.4 --b1-input`, in its own basis);
---b1-recon RANK:ITERATIONS adds the dictionary run with a larger dictionary basis and more LLR iterations.
+With the B1 map the default chain reconstructs each slice twice, the second time in a basis fitted to its
+tissues (mrf_core.mapping.fitted_basis), and maps with the dictionary in each voxel's B1 slice (the shipped
+network has no B1 input); the row "one pass in the dictionary's basis" is `basis dictionary` (no second
+pass). --b1-model FILE adds a run with a network trained with a B1 input (`mrf train --preset default
+--b1-range 0.6 1.4 --b1-input`; it maps the fitted basis's coefficients converted into its own basis);
+--profile-model FILE adds a profile-scan run with a network trained with the profile (`mrf train --preset
+default --slice-profile hann-sinc:4`); --b1-recon RANK:ITERATIONS adds a one-pass dictionary run with a
+larger dictionary basis and more LLR iterations.
 Mapping time: the mapper alone on the reconstructed coefficients of the T1 plate (best of 3, same process,
 alternating): the default network without a B1 map, the B1-free dictionary mapper, the dictionary mapper with
 the B1 map (on the coefficients of the runs without and with the map), and with --b1-model that network with
@@ -190,6 +194,9 @@ def main() -> None:
     p.add_argument("--cases", default="b1,profile,speed,joint", help="comma-separated: b1, profile, speed, joint")
     p.add_argument("--b1-model", type=Path, default=None,
                    help="also map the B1-map scan with this network trained with a B1 input (mrf train --b1-input)")
+    p.add_argument("--profile-model", type=Path, default=None,
+                   help="also map the profile scan with this network trained with the profile "
+                   "(mrf train --preset default --slice-profile hann-sinc:4)")
     p.add_argument("--b1-recon", action="append", default=[], metavar="RANK:ITERATIONS",
                    help="also run the B1-map scan through the dictionary at this dictionary rank and LLR iterations "
                    "(repeatable; e.g. 14:90)")
@@ -250,11 +257,15 @@ def main() -> None:
     if "profile" in cases:
         raw = simulated("profile", args)
         step = args.grid_step_pct
-        for label, changes in (("profile in the scan; default chain (network), no profile", {}),
-                               (f"profile in the scan; dictionary ({step:g} % grid), no profile",
-                                {"mapper": "dictionary", "grid_step_pct": step}),
-                               (f"profile in the scan; dictionary ({step:g} % grid) with the profile",
-                                {"mapper": "dictionary", "grid_step_pct": step, "slice_profile": "hann-sinc:4"})):
+        profile_runs = [("profile in the scan; default chain (network), no profile", {}),
+                        (f"profile in the scan; dictionary ({step:g} % grid), no profile",
+                         {"mapper": "dictionary", "grid_step_pct": step}),
+                        (f"profile in the scan; dictionary ({step:g} % grid) with the profile",
+                         {"mapper": "dictionary", "grid_step_pct": step, "slice_profile": "hann-sinc:4"})]
+        if args.profile_model:
+            profile_runs.append((f"profile in the scan; network {args.profile_model.name} trained with the profile",
+                                 {"model": args.profile_model, "slice_profile": "hann-sinc:4"}))
+        for label, changes in profile_runs:
             outputs, seconds = run(raw, settings_of(**changes), out / "profile_maps.h5")
             mappers = sorted({o.maps.mapper for o in outputs if o.maps is not None})
             print(f"{label}: {seconds:.1f} s through the pipeline (mapper {', '.join(mappers)})", flush=True)

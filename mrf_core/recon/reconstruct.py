@@ -8,13 +8,15 @@ Pipeline (`reconstruct_slice`; stage names are the keys of ReconResult.timings_s
              whitened channel covariance gives the SVD coil compression: the fewest virtual coils that
              keep coil_energy of its energy, at most n_virtual_coils; whitening and compression become one
              channel matrix
-  reduce     a second pass over the readouts: per interleave, the sums weighted by the basis rows, in the
-             virtual coils (only those are stored); the raw data are not touched again
   coil_maps  coil images of the per-interleave mean (the time average, fully sampled over the TRs) ->
              sensitivities ("lowres" or "espirit", mrf_core.recon.coils) and the combined time-average image
+  reduce     a second pass over the readouts: per interleave, the sums weighted by the basis rows, in the
+             virtual coils (only those are stored)
   adjoint    A^H W y from the reduced data
   psf        Toeplitz PSF kernels (cg, llr; cached on disk with psf_cache_dir)
   iterations CG or FISTA iterations on the Toeplitz normal operator
+  refit      (with a refit, reconstruct_slice) the basis for a second pass; reduce, adjoint, psf and
+             iterations then run again in it
   gridding   (gridding only) per-readout adjoint NUFFTs
 
 Methods (METHODS):
