@@ -232,13 +232,14 @@ def _model_basis(model, schedule: FispSchedule) -> TemporalBasis:
     return model.basis
 
 
-def recon_basis(settings, schedule: FispSchedule) -> tuple[TemporalBasis, str]:
+def recon_basis(settings, schedule: FispSchedule, dictionary: Dictionary | None = None) -> tuple[TemporalBasis, str]:
     """The basis to reconstruct in and where it came from ("model <file>" or "dictionary"), by the `basis`
     setting: the model's (used whole), the dictionary's (truncated to `rank`; with a `b1_map` its leading
     `dictionary_rank` components, the dictionary keeping a wide basis for the fitted basis), fitted (the
     dictionary's for a first pass, see fits_basis), or auto: with a `b1_map` as fitted, else the model's
     when it loads and was trained for this schedule, else the dictionary's. A network maps coefficients of
-    another basis by converting them into its own (NetworkMapper)."""
+    another basis by converting them into its own (NetworkMapper). `dictionary`: the settings' dictionary
+    for `schedule` when the caller already holds it."""
     if settings.basis == "model" or (settings.basis == "auto" and settings.b1_map is None):
         model, reason = load_network(settings.model, "cpu")
         if model is not None:
@@ -251,19 +252,20 @@ def recon_basis(settings, schedule: FispSchedule) -> tuple[TemporalBasis, str]:
         if settings.basis == "model":
             raise PipelineError(f"basis = model, but the model cannot be used: {reason}")
         log.info("basis from the dictionary (the network model cannot be used: %s)", reason)
-    basis = dictionary_for(schedule, settings).basis
+    basis = (dictionary or dictionary_for(schedule, settings)).basis
     if settings.b1_map is not None:
         basis = basis.truncated(min(settings.dictionary_rank, basis.rank))
     return basis, "dictionary"
 
 
-def fits_basis(settings, basis_source: str) -> bool:
+def fits_basis(settings) -> bool:
     """Whether each slice is reconstructed twice, the second time in a basis fitted to its tissues
-    (mrf_core.mapping.fitted_basis): with a b1_map and basis fitted or auto."""
+    (mrf_core.mapping.fitted_basis): with a b1_map and basis fitted or auto (recon_basis then starts from
+    the dictionary's basis)."""
     if settings.basis == "fitted" and settings.b1_map is None:
         raise PipelineError("basis = fitted needs a b1_map (the fitted basis is made for B1-corrected matching): "
                             "give b1_map, or use basis auto or dictionary")
-    return settings.b1_map is not None and settings.basis in ("auto", "fitted") and basis_source == "dictionary"
+    return settings.b1_map is not None and settings.basis in ("auto", "fitted")
 
 
 def check_model_inputs(model, settings) -> None:
@@ -363,16 +365,16 @@ class Reconstruction:
         self.settings = settings
         self.progress = progress
         self.info = scan_info(header, settings)
-        self.basis, self.basis_source = recon_basis(settings, self.info.schedule)
+        self.fitted = fits_basis(settings)
+        self._fit_dictionaries: dict[str, Dictionary] = {}  # by schedule hash, loaded once for both passes
+        self.basis, self.basis_source = recon_basis(settings, self.info.schedule, self._fit_dictionary(self.schedule))
         self.options = recon_settings(settings, self.basis_source)
         self.options.basis_of(self.basis)  # a rank above the basis' is an error before any readout is read
-        self.fitted = fits_basis(settings, self.basis_source)
-        self._fit_dictionaries: dict[str, Dictionary] = {}  # by schedule hash
         if self.fitted:
             from mrf_core.mapping.fitted_basis import WIDE_RANK
 
             self.b1_map = load_b1_map(settings)
-            dictionary = self._fit_dictionaries[self.schedule.hash] = dictionary_for(self.schedule, settings)
+            dictionary = self._fit_dictionary(self.schedule)
             rank = self.options.basis_of(self.basis).rank
             if dictionary.basis.rank <= rank:
                 log.warning("no basis is fitted to the slices: the dictionary's basis has rank %d, not more than the "
@@ -393,7 +395,7 @@ class Reconstruction:
         if schedule.hash == self.schedule.hash:
             return self.basis, self.options
         if schedule.hash not in self._truncated:
-            basis, source = recon_basis(self.settings, schedule)
+            basis, source = recon_basis(self.settings, schedule, self._fit_dictionary(schedule))
             self._truncated[schedule.hash] = basis, recon_settings(self.settings, source)
         return self._truncated[schedule.hash]
 
@@ -417,6 +419,12 @@ class Reconstruction:
             yield SliceCoefficients(data.slice_index, coefficients, result.basis, geometry, result, data.schedule,
                                     list(data.warnings))
 
+    def _fit_dictionary(self, schedule: FispSchedule) -> Dictionary | None:
+        """The dictionary of a schedule when slices are fitted (None otherwise), loaded once."""
+        if self.fitted and schedule.hash not in self._fit_dictionaries:
+            self._fit_dictionaries[schedule.hash] = dictionary_for(schedule, self.settings)
+        return self._fit_dictionaries.get(schedule.hash)
+
     def _masked(self, coefficients: np.ndarray, time_average: np.ndarray) -> np.ndarray:
         """Coefficients set to 0 outside the object mask (mask_fraction; 0: unchanged)."""
         if self.settings.mask_fraction <= 0:
@@ -432,10 +440,7 @@ class Reconstruction:
             x = np.moveaxis(self._masked(coefficients, time_average), 0, -1)
             mask = object_voxels(x)
             b1 = slice_b1(self.b1_map, geometry, mask, data.slice_index)
-            if data.schedule.hash not in self._fit_dictionaries:
-                self._fit_dictionaries[data.schedule.hash] = dictionary_for(data.schedule, self.settings)
-            dictionary = self._fit_dictionaries[data.schedule.hash]
-            fitted = fit_basis(dictionary, x[mask], basis, b1[mask])
+            fitted = fit_basis(self._fit_dictionary(data.schedule), x[mask], basis, b1[mask])
             if fitted is None:
                 log.warning("slice %d: no basis fitted (%d voxels matched): kept the dictionary's",
                             data.slice_index, int(mask.sum()))

@@ -68,11 +68,12 @@ def test_fitted_basis_needs_a_b1_map():
     settings = defaults()
     settings.basis = "fitted"
     with pytest.raises(PipelineError, match="basis = fitted needs a b1_map"):
-        fits_basis(settings, "dictionary")
+        fits_basis(settings)
     settings.b1_map, settings.basis = "map.nii", "auto"
-    assert fits_basis(settings, "dictionary") and not fits_basis(settings, "model default_model.pt")
-    settings.basis = "dictionary"
-    assert not fits_basis(settings, "dictionary")
+    assert fits_basis(settings)
+    for one_pass in ("dictionary", "model"):
+        settings.basis = one_pass
+        assert not fits_basis(settings)
 
 
 def test_the_pipeline_reconstructs_again_in_the_fitted_basis(sim_small_scan, tmp_path):
