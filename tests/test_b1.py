@@ -225,15 +225,20 @@ def test_qa_states_the_b1_handling_and_hints_at_a_b1_pattern(tmp_path):
 
 
 def test_a_model_without_b1_input_is_refused_with_a_b1_map_and_the_meta_travels(tmp_path):
-    """The default model takes no B1: with a B1 map the network mapper is unusable, with the reason (the chain
-    then falls back to the dictionary); the B1 handling rides through the maps bundle into the scanner images."""
+    """With a B1 map and no model named, the network mapper takes the package's B1-input model; a model
+    without that input (the B1-free default, named) is unusable, with the reason (the chain then falls back
+    to the dictionary); the B1 handling rides through the maps bundle into the scanner images."""
     from gadgets.stage_images import maps_bundle, read_maps_bundle
     from mrf_core.io.map_images import image_meta, map_images
+    from mrf_core.mapping import default_model_path
     from mrf_core.pipeline import NetworkMapper
 
     np.save(tmp_path / "b1.npy", np.ones((4, 4)))
     settings = defaults()
     settings.b1_map = tmp_path / "b1.npy"
+    mapper = NetworkMapper(settings)
+    assert mapper.model.b1_input and mapper.model.path == default_model_path(b1_input=True)
+    settings.model = default_model_path()
     mapper = NetworkMapper(settings)
     assert mapper.model is None and "trained without a B1 input" in mapper.unusable
     from mrf_core.mapping.maps import QuantitativeMaps

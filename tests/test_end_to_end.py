@@ -106,8 +106,9 @@ def test_default_chain_through_the_server_maps_the_phantom_with_the_dictionary_f
 def test_default_chain_with_a_b1_map_reconstructs_twice_and_maps_at_the_map(e2e_scan, tmp_path):
     """By replay, a B1 map (an .npy of the scan's B1 = 1) set on the three nodes: the reconstruct stage solves
     each slice again in its fitted basis (announced to the mapping stages by its basis image), the network
-    (no B1 input) hands the slice to the dictionary with the reason, and the dictionary maps it at the map's
-    B1 in that basis (the maps say B1 came from the map), within tolerance of the truth."""
+    stage takes the package's B1-input model, which was trained for the full 1000-TR schedule, so it hands
+    this 200-TR slice to the dictionary with the reason, and the dictionary maps it at the map's B1 in that
+    basis (the maps say B1 came from the map), within tolerance of the truth."""
     raw, _, _, phantom = e2e_scan
     np.save(tmp_path / "b1.npy", np.ones((80, 80)))
     text = default_config_text(grid_step_pct="10", b1_map=str(tmp_path / "b1.npy"))
@@ -115,7 +116,7 @@ def test_default_chain_with_a_b1_map_reconstructs_twice_and_maps_at_the_map(e2e_
                         '<property name="basis" value="auto"/><property name="grid_step_pct" value="10"/>')
     warnings = []
     result = replay(raw, parse_stream_config(text), tmp_path / "maps.h5", on_text=warnings.append, options=OPTIONS)
-    assert any("map_network" in w and "trained without a B1 input" in w for w in warnings), warnings
+    assert any("map_network" in w and "default_b1_model.pt" in w and "fallback" in w for w in warnings), warnings
     meta = read_map_file(result.path).meta["t1_ms"]
     assert meta["MRF_Mapper"] in ("dictionary", ["dictionary"]) and meta["MRF_B1Correction"] in ("map", ["map"])
     assert_accurate(result.path, phantom)

@@ -8,7 +8,7 @@ import torch
 
 from mrf_core.mapping import load_model
 from mrf_core.mapping.parameters import ParameterSpace
-from mrf_core.mapping.table import FingerprintTable
+from mrf_core.mapping.table import Cells, FingerprintTable
 from mrf_core.mapping.training import TrainConfig, model_basis, train_model
 from mrf_core.physics.epg import simulate_fingerprints, simulate_fisp
 from mrf_core.physics.sequence import default_schedule
@@ -82,6 +82,38 @@ def test_table_matches_exact_epg_at_random_parameters():
     # outside the range the lookup clamps to the edge instead of extrapolating
     edge, _ = table.lookup(torch.tensor([[3000.0, 300.0], [1e5, 1e4]]))
     torch.testing.assert_close(edge[0], edge[1])
+
+
+def test_cells_reuse_the_gathered_nodes_and_sum_fixed_axes_once():
+    """Lookups through one Cells (the refinement's cache of each voxel's cell) equal fresh lookups as voxels
+    move within and across cells, also with the B1 axis held fixed and summed into the nodes (its weights
+    applied before the T1/T2 ones: the sums differ only in order, float32 rounding of <= 64 terms); a
+    voxel whose fixed coordinate changes is gathered again."""
+    space = ParameterSpace((100.0, 3000.0), (20.0, 300.0), b1_range=(0.7, 1.3))
+    basis = model_basis(SCHEDULE, TrainConfig(space=space, n_states=20, progress=False, basis_step_pct=25.0), rank=6)
+    table = FingerprintTable.build(SCHEDULE, basis, space, n_nodes=17, n_b1_nodes=5, n_states=20)
+    rng = np.random.default_rng(3)
+    params = torch.as_tensor(space.sample(300, rng), dtype=torch.float32)
+    for n_moving in (None, 2):
+        cells = Cells(n_moving)
+        for step in (0.0, 0.002, 0.05, 0.3):  # within the cell, then across cells (T1/T2 nodes ~0.21 apart in log)
+            moved = params.clone()
+            moved[:, :2] *= torch.exp(torch.as_tensor(rng.normal(0, step, (300, 2)), dtype=torch.float32))
+            if n_moving is None:
+                moved[:, 2] += step
+            fresh, fresh_norms = table.lookup(moved)
+            cached, cached_norms = table.lookup(moved, cells)
+            scale = torch.linalg.vector_norm(fresh, dim=1, keepdim=True)
+            torch.testing.assert_close(cached / scale, fresh / scale, rtol=0, atol=64 * 2.0**-24 * 4)
+            torch.testing.assert_close(cached_norms, fresh_norms, rtol=64 * 2.0**-24 * 4, atol=0)
+            _, fresh_gradient = table.lookup_gradient(moved, n_axes=2)
+            _, cached_gradient = table.lookup_gradient(moved, cells, n_axes=2)
+            torch.testing.assert_close(cached_gradient, fresh_gradient, rtol=1e-4, atol=1e-5 * scale.max().item())
+    shifted = moved.clone()
+    shifted[:, 2] = 1.25 - shifted[:, 2] + 0.7  # B1 (the fixed axis of the last cells) changes: gathered again
+    torch.testing.assert_close(table.lookup(shifted, cells)[0], table.lookup(shifted)[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="derivative along 3 axes"):
+        table.lookup_gradient(shifted, cells, n_axes=3)
 
 
 def test_refinement_reaches_the_best_fit(small_model):

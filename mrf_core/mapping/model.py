@@ -22,11 +22,13 @@ from mrf_core.mapping.archive import ModelError, ModelMismatchError, basis_of, r
 from mrf_core.mapping.matching import MatchResult
 from mrf_core.mapping.module import table_of
 from mrf_core.mapping.refine import DEFAULT_ITERATIONS, refine
+from mrf_core.mapping.table import Cells
 from mrf_core.physics.sequence import FispSchedule
 from mrf_core.physics.slice_profile import SliceProfile
 from mrf_core.physics.temporal_basis import BasisError, TemporalBasis
 
 DEFAULT_MODEL_FILE = "default_model.pt"
+DEFAULT_B1_MODEL_FILE = "default_b1_model.pt"
 _CHUNK_VOXELS = 16384  # voxels per forward pass: the MLP's activations stay ~10 MB
 # A scan basis must hold all but this fraction of the model's subspace (singular-value weighted). Measured
 # with the default model at SNR 20: rank-10 bases of other grids lose < 1e-4 and map like the model's own
@@ -34,9 +36,10 @@ _CHUNK_VOXELS = 16384  # voxels per forward pass: the MLP's activations stay ~10
 MODEL_SUBSPACE_MIN_CAPTURED = 0.9998
 
 
-def default_model_path() -> Path:
-    """The pretrained default model shipped in the package (mrf_core/data/default_model.pt)."""
-    return Path(str(resources.files("mrf_core") / "data" / DEFAULT_MODEL_FILE))
+def default_model_path(b1_input: bool = False) -> Path:
+    """The pretrained default model shipped in the package (mrf_core/data/default_model.pt), or with
+    b1_input its model that takes B1 from a B1 map (default_b1_model.pt)."""
+    return Path(str(resources.files("mrf_core") / "data" / (DEFAULT_B1_MODEL_FILE if b1_input else DEFAULT_MODEL_FILE)))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> MrfModel:
@@ -162,9 +165,11 @@ class MrfModel:
                 x_norm = torch.as_tensor(time_norms.reshape(-1)[chunk], dtype=torch.float32)
             else:
                 x_coef, x_norm = xc, torch.linalg.vector_norm(xc, dim=1)
+            n_free = 2 if self.b1_input else None  # a B1 input stays fixed
+            cells = Cells(n_free)  # the table nodes refinement gathered, reused by the final lookup
             if refine_iterations > 0:
-                out = refine(self._table, out, x_coef, refine_iterations, n_free=2 if self.b1_input else None)
-            f_coef, f_norm = self._table.lookup(out)
+                out = refine(self._table, out, x_coef, refine_iterations, n_free, cells)
+            f_coef, f_norm = self._table.lookup(out, cells)
             out = out[:, :n_out]
             if self.basis is not None:
                 f_norm = torch.linalg.vector_norm(f_coef, dim=1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from mrf_core.mapping.table import FingerprintTable
+from mrf_core.mapping.table import Cells, FingerprintTable
 
 # Noiseless Song setting (seed_tables.py (a), analytic Jacobian): T1/T2 RMSE 3.9/1.5 ms raw, 0.66/0.37 after 3
 # iterations, 0.53/0.36 after 6, 0.52/0.36 after 10; noisy voxels (bench_mapping.py) settle after 2. Each
@@ -30,15 +30,15 @@ def _params(theta: torch.Tensor) -> torch.Tensor:
     return params
 
 
-def _unit(table: FingerprintTable, theta: torch.Tensor) -> torch.Tensor:
+def _unit(table: FingerprintTable, theta: torch.Tensor, cells: Cells) -> torch.Tensor:
     """Unit interpolated fingerprints (N, K) at table coordinates theta (N, P)."""
-    f, _ = table.lookup(_params(theta))
+    f, _ = table.lookup(_params(theta), cells)
     return f / torch.linalg.vector_norm(f, dim=1, keepdim=True).clamp_min(1e-30)
 
 
-def _unit_jacobian(table: FingerprintTable, theta: torch.Tensor) -> torch.Tensor:
-    """d(f/|f|)/d theta (N, K, P) from the cubic's own derivatives."""
-    f, df = table.lookup_gradient(_params(theta))
+def _unit_jacobian(table: FingerprintTable, theta: torch.Tensor, cells: Cells, n_free: int) -> torch.Tensor:
+    """d(f/|f|)/d theta (N, K, n_free) for the first n_free coordinates, from the cubic's own derivatives."""
+    f, df = table.lookup_gradient(_params(theta), cells, n_free)
     norm = torch.linalg.vector_norm(f, dim=1, keepdim=True).clamp_min(1e-30)
     g = f / norm
     return (df - g[:, :, None] * (g[:, None, :] @ df)) / norm[:, :, None]
@@ -52,9 +52,12 @@ def _feasible(theta: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.
 
 
 def refine(table: FingerprintTable, params: torch.Tensor, x: torch.Tensor,
-           iterations: int = DEFAULT_ITERATIONS, n_free: int | None = None) -> torch.Tensor:
+           iterations: int = DEFAULT_ITERATIONS, n_free: int | None = None, cells: Cells | None = None
+           ) -> torch.Tensor:
     """Parameters (N, P) in their units, refined for complex coefficients x (N, K) in the table's basis;
-    n_free: only the first n_free parameters move (B1 stays where a B1 map put it), default all."""
+    n_free: only the first n_free parameters move (B1 stays where a B1 map put it), default all. cells:
+    the table nodes gathered for these voxels (Cells(n_free)), kept for the caller's next lookup."""
+    cells = Cells(n_free) if cells is None else cells
     n_axes = len(table.shape)
     n_free = n_axes if n_free is None else n_free
     theta = params[:, :n_axes].to(torch.float32).clone()
@@ -64,20 +67,20 @@ def refine(table: FingerprintTable, params: torch.Tensor, x: torch.Tensor,
     theta = _feasible(theta, lo, hi)
     angle = 0.5 * torch.angle((x * x).sum(dim=1, keepdim=True))
     y = (x * torch.exp(-1j * angle)).real
-    g = _unit(table, theta)
+    g = _unit(table, theta, cells)
     y = y * torch.where((y * g).sum(dim=1, keepdim=True) >= 0, 1.0, -1.0)
     y = y / torch.linalg.vector_norm(y, dim=1, keepdim=True).clamp_min(1e-30)
     fit = (y * g).sum(dim=1)
     damping = torch.full((x.shape[0],), 1e-3)
     for _ in range(iterations):
-        jacobian = _unit_jacobian(table, theta)[:, :, :n_free]  # (N, K, P free)
+        jacobian = _unit_jacobian(table, theta, cells, n_free)  # (N, K, P free)
         jtj = jacobian.transpose(1, 2) @ jacobian
         scale = jtj.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
         system = jtj + (damping * scale)[:, None, None] * torch.eye(n_free)
         step = torch.zeros_like(theta)
         step[:, :n_free] = torch.linalg.solve(system, (jacobian.transpose(1, 2) @ (y - g)[:, :, None]))[:, :, 0]
         trial = _feasible(theta + step, lo, hi)
-        g_trial = _unit(table, trial)
+        g_trial = _unit(table, trial, cells)
         fit_trial = (y * g_trial).sum(dim=1)
         better = fit_trial > fit
         theta = torch.where(better[:, None], trial, theta)

@@ -64,19 +64,60 @@ class FingerprintTable:
             shape=tuple(a.size for a in axes),
         )
 
-    def lookup(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def lookup(self, params: torch.Tensor, cells: Cells | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Interpolated coefficients (N, K) and norms (N,) at params (N, P): T1, T2 in ms (and B1),
-        clamped to the table's range (its nodes without the padding node at each end)."""
-        coefficients, norms, _ = self._interpolate(params, gradient=False)
+        clamped to the table's range (its nodes without the padding node at each end). cells: the nodes
+        gathered by the previous lookup of the same N voxels, reused where a voxel stayed in its cell."""
+        coefficients, norms, _ = self._interpolate(params, False, cells)
         return coefficients, norms
 
-    def lookup_gradient(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Interpolated coefficients (N, K) and their derivatives (N, K, P) with respect to the table
-        coordinates (log T1, log T2 (, B1)), from the same gather (zero where params are clamped)."""
-        coefficients, _, gradient = self._interpolate(params, gradient=True)
+    def lookup_gradient(self, params: torch.Tensor, cells: Cells | None = None, n_axes: int | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interpolated coefficients (N, K) and their derivatives (N, K, n_axes) with respect to the first
+        n_axes table coordinates (log T1, log T2 (, B1); default all), from the same gather (zero where
+        params are clamped)."""
+        coefficients, _, gradient = self._interpolate(params, True, cells, n_axes)
         return coefficients, gradient
 
-    def _interpolate(self, params: torch.Tensor, gradient: bool):
+    def _nodes(self, start: torch.Tensor, fixed_weights: torch.Tensor, cells: Cells | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The nodes (N, 4^F, K) and norms (N, 4^F) of the cells whose first tap is `start`, summed over the
+        taps of the fixed trailing axes with fixed_weights (N, 4^(P-F)); from `cells` where they are current."""
+        if cells is None or cells.start is None or cells.start.shape != start.shape:
+            nodes, norms = self._gather(start, fixed_weights)
+            if cells is not None:
+                cells.start, cells.fixed_weights, cells.nodes, cells.norms = start, fixed_weights, nodes, norms
+            return nodes, norms
+        moved = torch.nonzero((start != cells.start) | (fixed_weights != cells.fixed_weights).any(dim=1)).squeeze(1)
+        if moved.numel():
+            cells.nodes[moved], cells.norms[moved] = self._gather(start[moved], fixed_weights[moved])
+            cells.start[moved], cells.fixed_weights[moved] = start[moved], fixed_weights[moved]
+        return cells.nodes, cells.norms
+
+    def _gather(self, start: torch.Tensor, fixed_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n_fixed = fixed_weights.shape[1]
+        taps = self._tap_offsets().view(-1, n_fixed)  # (4^F, 4^(P-F)): the fixed axes' taps are the fastest
+        if n_fixed == 1:
+            return self.coefficients[start[:, None] + taps[:, 0]], self.norms[start[:, None] + taps[:, 0]]
+        nodes = norms = 0
+        for j in range(n_fixed):  # one fixed tap at a time: never 4^P nodes per voxel in memory
+            flat = start[:, None] + taps[:, j]
+            w = fixed_weights[:, j, None]
+            nodes, norms = nodes + w[:, :, None] * self.coefficients[flat], norms + w * self.norms[flat]
+        return nodes, norms
+
+    def _strides(self) -> list[int]:
+        return [int(np.prod(self.shape[p + 1 :])) for p in range(len(self.shape))]
+
+    def _tap_offsets(self) -> torch.Tensor:
+        """Flat offsets (4^P,) of a cell's taps from its first, axis 0 slowest (the weights' order)."""
+        offsets = torch.zeros(1, dtype=torch.long)
+        for stride in self._strides():
+            offsets = (offsets[:, None] + stride * torch.arange(4)[None, :]).reshape(-1)
+        return offsets
+
+    def _interpolate(self, params: torch.Tensor, gradient: bool, cells: Cells | None = None,
+                     n_gradient: int | None = None):
         n_axes = len(self.shape)
         g = params[:, :n_axes].to(torch.float32).clone()
         g[:, :2] = torch.log(g[:, :2].clamp_min(1e-30))
@@ -86,27 +127,43 @@ class FingerprintTable:
         pos = torch.minimum(pos.clamp_min(1.0), last)
         base = torch.minimum(pos.floor(), last - 1)  # nodes base-1 .. base+2 all exist (padding)
         axis_weights = _catmull_rom(pos - base)  # (N, P, 4)
-        strides = [int(np.prod(self.shape[p + 1 :])) for p in range(n_axes)]
-        start = ((base.long() - 1) * torch.tensor(strides)).sum(dim=1)  # flat index of the first tap
-        offsets, weights = torch.zeros(1, dtype=torch.long), torch.ones(params.shape[0], 1)
-        for p in range(n_axes):  # tensor product of the per-axis taps: 4^P flat offsets and weights
-            offsets = (offsets[:, None] + strides[p] * torch.arange(4)[None, :]).reshape(-1)
-            weights = (weights[:, :, None] * axis_weights[:, p, None, :]).reshape(params.shape[0], -1)
-        flat = start[:, None] + offsets[None, :]  # (N, 4^P)
-        nodes = self.coefficients[flat]  # (N, 4^P, K)
-        coefficients = torch.bmm(weights[:, None, :], nodes).squeeze(1)
-        norms = (weights * self.norms[flat]).sum(dim=1)
+        start = ((base.long() - 1) * torch.tensor(self._strides())).sum(dim=1)  # flat index of the first tap
+        n_moving = n_axes if cells is None or cells.n_moving is None else cells.n_moving
+        fixed_weights = torch.ones(params.shape[0], 1)
+        for p in range(n_moving, n_axes):  # the trailing axes that stay put are summed into the cell's nodes
+            fixed_weights = (fixed_weights[:, :, None] * axis_weights[:, p, None, :]).reshape(params.shape[0], -1)
+        n_gradient = (n_moving if n_gradient is None else n_gradient) if gradient else 0
+        if n_gradient > n_moving:
+            raise ValueError(f"a derivative along {n_gradient} axes from cells that move along {n_moving}")
+        factors = axis_weights[:, None, :n_moving].repeat(1, 1 + n_gradient, 1, 1)  # (N, rows, F, 4): row 0 the
+        if n_gradient:  # value, row 1 + q its derivative along axis q (axis q's weights replaced by their slopes)
+            slopes = _catmull_rom_slope(pos - base) / self.step[None, :, None]  # d weight / d coordinate
+            for q in range(n_gradient):
+                factors[:, 1 + q, q] = slopes[:, q]
+        weights = factors[:, :, 0]
+        for p in range(1, n_moving):  # tensor product of the per-axis taps' weights, in _tap_offsets' order
+            weights = (weights[:, :, :, None] * factors[:, :, p, None, :]).reshape(*factors.shape[:2], -1)
+        nodes, node_norms = self._nodes(start, fixed_weights, cells)  # (N, 4^F, K), (N, 4^F)
+        rows = torch.bmm(weights, nodes)  # (N, rows, K): one batched product for the value and its derivatives
+        norms = (weights[:, 0] * node_norms).sum(dim=1)
         if not gradient:
-            return coefficients, norms, None
-        slopes = _catmull_rom_slope(pos - base) / self.step[None, :, None]  # d weight / d coordinate
-        columns = []
-        for q in range(n_axes):  # the tensor product with axis q's weights replaced by their slopes
-            w = torch.ones(params.shape[0], 1)
-            for p in range(n_axes):
-                factor = slopes[:, p] if p == q else axis_weights[:, p]
-                w = (w[:, :, None] * factor[:, None, :]).reshape(params.shape[0], -1)
-            columns.append(torch.bmm(w[:, None, :], nodes).squeeze(1) * inside[:, q, None])
-        return coefficients, norms, torch.stack(columns, dim=2)
+            return rows[:, 0], norms, None
+        return rows[:, 0], norms, rows[:, 1:].transpose(1, 2) * inside[:, None, :n_gradient]
+
+
+class Cells:
+    """Per voxel, the nodes of the cell its last lookup used (start: flat index of the cell's first tap).
+    Refinement's steps mostly stay inside a cell, so passing one Cells to each lookup of the same voxels
+    gathers only those that moved: the gather (4^P nodes of K values per voxel) is most of a lookup's cost.
+    n_moving: lookups move along the first n_moving axes only (default all); the others (B1 where a B1 map
+    gives it) are interpolated once into the stored nodes, 4^n_moving per voxel, as in a table without them."""
+
+    def __init__(self, n_moving: int | None = None) -> None:
+        self.n_moving = n_moving
+        self.fixed_weights: torch.Tensor | None = None
+        self.start: torch.Tensor | None = None
+        self.nodes: torch.Tensor | None = None
+        self.norms: torch.Tensor | None = None
 
 
 def _padded_axis(lo: float, hi: float, n_nodes: int) -> np.ndarray:

@@ -332,13 +332,17 @@ def train_model(schedule: FispSchedule, config: TrainConfig, out: str | Path | N
     return module, metadata
 
 
-# Named recipes. "default" makes mrf_core/data/default_model.pt:
-#   mrf train --preset default --out mrf_core/data/default_model.pt
+# Named recipes. "default" makes mrf_core/data/default_model.pt, "b1-map" the model the chain maps with when a
+# B1 map is given (mrf_core/data/default_b1_model.pt; B1 0.6-1.4 as an input, 65 table nodes per log axis to keep
+# the 3-axis table at 3.4 MB: the B1 axis's interpolation, not T1/T2's, bounds that table's accuracy):
+#   mrf train --preset default --threads 1 --out mrf_core/data/default_model.pt
+#   mrf train --preset b1-map --threads 1 --out mrf_core/data/default_b1_model.pt
+_DEFAULT_RECIPE = {
+    "arch": "mlp", "input_kind": "coefficients", "rank": 10, "arch_options": {"width": 128}, "n_train": 200_000,
+    "n_val": 20_000, "epochs": 40, "batch_size": 512, "lr": 2e-3, "patience": 8, "snr_range": (2.0, 200.0),
+    "clean_fraction": 0.05, "n_states": 50, "seed": 0, "max_minutes": 25.0,
+}
 PRESETS: dict[str, dict] = {
-    "default": {
-        "arch": "mlp", "input_kind": "coefficients", "rank": 10, "arch_options": {"width": 128}, "n_train": 200_000,
-        "n_val": 20_000,
-        "epochs": 40, "batch_size": 512, "lr": 2e-3, "patience": 8, "snr_range": (2.0, 200.0),
-        "clean_fraction": 0.05, "n_states": 50, "seed": 0, "max_minutes": 25.0,
-    },
+    "default": _DEFAULT_RECIPE,
+    "b1-map": {**_DEFAULT_RECIPE, "b1_input": True, "space": {"b1_range": (0.6, 1.4)}, "table_nodes": 65},
 }

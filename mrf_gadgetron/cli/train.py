@@ -27,7 +27,7 @@ def register(sub) -> None:
         "value, then the built-in default. `mrf train --preset default --out mrf_core/data/default_model.pt` "
         "reproduces the shipped default model.",
     )
-    p.add_argument("--preset", choices=("default",), default=None,
+    p.add_argument("--preset", choices=("default", "b1-map"), default=None,
                    help="a named recipe (see mrf_core.mapping.training)")
     p.add_argument("--schedule", default=None, metavar="FILE", help="schedule file (default: Jiang 2015, 1000 TRs)")
     p.add_argument("--timepoints", type=int, default=None, metavar="N", help="use only the first N TRs")
@@ -92,7 +92,7 @@ def config_from_args(args):
         values["snr_range"] = None
     elif args.snr is not None:
         values["snr_range"] = tuple(args.snr)
-    space = {}
+    space = dict(values.pop("space", {}))
     for key, attr in (("t1_range_ms", "t1_range"), ("t2_range_ms", "t2_range"), ("b1_range", "b1_range")):
         if getattr(args, attr) is not None:
             space[key] = tuple(getattr(args, attr))
