@@ -228,7 +228,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mapper", "network", choice(*MAPPERS),
             "how coefficients become maps: the network with dictionary fallback, the dictionary only, or none "
             "(coefficient images only); in a chain its nodes decide", ("cli",)),
-    Setting("model", "", optional_path, "network model archive (.pt); empty: the package's default model",
+    Setting("model", "", optional_path, "network model archive (.pt); empty: the package's default model (with a "
+            "b1_map: its default model that takes B1 as an input)",
             ("recon", "network")),
     Setting("dictionary_file", "", optional_path,
             "dictionary HDF5 file (mrf dictionary build); empty: one built for the scan's schedule",
@@ -242,8 +243,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("b1_map", "", optional_path,
             "measured B1 map (relative; .nii/.nii.gz, .npy/.npz, or ISMRMRD images), resampled to each slice: "
             "the dictionary is matched in each voxel's B1 slice (built with B1 0.6-1.4 step 0.05 unless b1_values "
-            "has several values, and a wide basis for the fitted basis); a network without a B1 input falls back "
-            "to the dictionary; empty: B1 = 1 assumed",
+            "has several values, and a wide basis for the fitted basis), the default network takes B1 as an input "
+            "(a model without one falls back to the dictionary); empty: B1 = 1 assumed",
             ("recon", "network", "dictionary")),
     Setting("slice_profile", "none", slice_profile,
             "RF pulse whose 2-D slice profile the dictionary models, e.g. hann-sinc:4 (Hann-windowed sinc, "
