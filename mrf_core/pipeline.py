@@ -210,15 +210,15 @@ def dictionary_for(schedule: FispSchedule, settings, progress: bool | None = Non
                              progress=progress, slice_profile=profile)
 
 
-def load_network(path: Path | None, device: str, b1_input: bool = False):
+def load_network(settings, device: str):
     """(model, None), or (None, why it cannot be used): mapping code not installed, no file, not a valid
-    archive. path None: the package's default model, with b1_input its B1-input one. Never raises: the
-    caller falls back to the dictionary with the reason."""
+    archive. The settings' `model`, else the package's default model (with a `b1_map`, its B1-input one).
+    Never raises: the caller falls back to the dictionary with the reason."""
     try:
         from mrf_core.mapping import default_model_path, load_model
     except ImportError as exc:
         return None, f"the network mapping code is not installed ({exc})"
-    path = Path(path) if path is not None else Path(default_model_path(b1_input))
+    path = Path(settings.model) if settings.model is not None else Path(default_model_path(settings.b1_map is not None))
     if not path.is_file():
         return None, f"no model file at {path}"
     try:
@@ -243,7 +243,7 @@ def recon_basis(settings, schedule: FispSchedule, dictionary: Dictionary | None 
     another basis by converting them into its own (NetworkMapper). `dictionary`: the settings' dictionary
     for `schedule` when the caller already holds it."""
     if settings.basis == "model" or (settings.basis == "auto" and settings.b1_map is None):
-        model, reason = load_network(settings.model, "cpu")
+        model, reason = load_network(settings, "cpu")
         if model is not None:
             try:
                 if settings.basis == "auto":
@@ -478,7 +478,7 @@ class NetworkMapper:
     name = "network"
 
     def __init__(self, settings):
-        self.model, self.unusable = load_network(settings.model, settings.device, settings.b1_map is not None)
+        self.model, self.unusable = load_network(settings, settings.device)
         self._checked: str | None = None
         if self.model is not None:
             try:

@@ -231,13 +231,15 @@ def test_a_model_without_b1_input_is_refused_with_a_b1_map_and_the_meta_travels(
     from gadgets.stage_images import maps_bundle, read_maps_bundle
     from mrf_core.io.map_images import image_meta, map_images
     from mrf_core.mapping import default_model_path
-    from mrf_core.pipeline import NetworkMapper
+    from mrf_core.pipeline import NetworkMapper, recon_basis
 
     np.save(tmp_path / "b1.npy", np.ones((4, 4)))
     settings = defaults()
     settings.b1_map = tmp_path / "b1.npy"
     mapper = NetworkMapper(settings)
     assert mapper.model.b1_input and mapper.model.path == default_model_path(b1_input=True)
+    settings.basis = "model"  # the reconstruction in a model's basis takes the same model
+    assert recon_basis(settings, default_schedule())[1] == "model default_b1_model.pt"
     settings.model = default_model_path()
     mapper = NetworkMapper(settings)
     assert mapper.model is None and "trained without a B1 input" in mapper.unusable
