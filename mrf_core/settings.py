@@ -211,7 +211,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("coil_method", _R["coil_method"], choice(*COIL_METHODS), "coil sensitivity estimation", ("recon",)),
     Setting("nufft_backend", _R["nufft_backend"], choice(*NUFFT_BACKENDS), "NUFFT implementation", ("recon",)),
     Setting("psf_cache_dir", f"{CACHE_HOME}/mrf-gadgetron/psf", optional_path,
-            "folder caching Toeplitz PSF kernels (empty: no cache)", ("recon",)),
+            "folder caching Toeplitz PSF kernels and per-interleave PSF spectra (empty: no cache)", ("recon",)),
     Setting("mask_fraction", "0.1", number(0.0, 0.99),
             "object mask: voxels whose time-average magnitude exceeds this fraction of its 99th percentile "
             "(0: no mask)", ("recon",)),

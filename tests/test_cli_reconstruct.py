@@ -83,9 +83,11 @@ def test_reconstruct_writes_coefficients_when_asked_and_reuses_its_caches(sim_sm
         assert image_meta(image)["MRF_Rank"] == "10" and image.getHead().slice == 1
     finally:
         dataset.close()
-    # both slices have the same trajectory and basis: slice 1 reads the PSF kernels slice 0 cached
-    assert len(list((tmp_path / "psf").glob("psf_*.npy"))) == 1
-    assert "PSF kernels read from the cache" in caplog.text
+    # both slices have the same trajectory and basis: slice 1 reads the PSF kernels slice 0 cached (made from the
+    # 8 interleaves' spectra, cached too: 8 <= 55 pairs)
+    assert len(list((tmp_path / "psf").glob("psf_*.npy"))) == 2
+    assert len(list((tmp_path / "psf").glob("psf_interleaves_*.npy"))) == 1
+    assert re.search(r"PSF kernels: psf_[0-9a-f]{24}\.npy read from the cache", caplog.text)
     (cached,) = (tmp_path / "dictionaries").glob("dict_*.h5")
     assert cached.name == f"dict_{cache_key(scan.schedule, percent_grid(20.0), 50, 10)}.h5"
     assert main(argv[:-2] + ["--group", "run2", "--method", "cg"]) == 0

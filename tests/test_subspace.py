@@ -53,8 +53,9 @@ def test_operator_adjointness(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("weighted", [False, True])
-def test_toeplitz_equals_normal_operator(backend, weighted):
-    sampling, vectors, maps, rng = _problem()
+@pytest.mark.parametrize("n_interleaves", [8, 4])  # J > K(K+1)/2 = 6: kernels made directly; J <= 6: from J spectra
+def test_toeplitz_equals_normal_operator(backend, weighted, n_interleaves):
+    sampling, vectors, maps, rng = _problem(n_interleaves=n_interleaves)
     op = SubspaceOperator(sampling, vectors, maps, phase=np.exp(0.7j), backend=backend)
     c = _random(rng, (K, N, N))
     y = op.forward(c)
@@ -104,6 +105,9 @@ def test_one_channel_eigenvalue_bounds_the_coils_operator():
 
 
 def test_psf_cache_roundtrip(tmp_path, caplog):
+    """Kernels made directly (8 interleaves > 6 pairs) are cached per basis; the per-interleave spectra (4
+    interleaves) once per sampling, another basis on it reading them (no NUFFT) and getting the kernels
+    that a cache-free computation makes."""
     sampling, vectors, _, _ = _problem()
     first = ToeplitzNormal.compute(sampling, vectors, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("psf_*.npy"))) == 1
@@ -113,6 +117,14 @@ def test_psf_cache_roundtrip(tmp_path, caplog):
     np.testing.assert_array_equal(first.kernels, second.kernels)
     ToeplitzNormal.compute(sampling, vectors[:, :2], cache_dir=tmp_path)  # another basis: another file
     assert len(list(tmp_path.glob("psf_*.npy"))) == 2
+    few, vectors, _, rng = _problem(n_interleaves=4)
+    ToeplitzNormal.compute(few, vectors, cache_dir=tmp_path / "few")
+    other = np.linalg.qr(rng.standard_normal(vectors.shape))[0]
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        cached = ToeplitzNormal.compute(few, other, cache_dir=tmp_path / "few")
+    assert "read from the cache" in caplog.text and len(list((tmp_path / "few").glob("psf_interleaves_*.npy"))) == 1
+    np.testing.assert_array_equal(cached.kernels, ToeplitzNormal.compute(few, other).kernels)
 
 
 def test_reduce_readouts_equals_explicit_sum():

@@ -128,7 +128,7 @@ class FingerprintTable:
         base = torch.minimum(pos.floor(), last - 1)  # nodes base-1 .. base+2 all exist (padding)
         axis_weights = _catmull_rom(pos - base)  # (N, P, 4)
         start = ((base.long() - 1) * torch.tensor(self._strides())).sum(dim=1)  # flat index of the first tap
-        n_moving = n_axes if cells is None or cells.n_moving is None else cells.n_moving
+        n_moving = n_axes if cells is None or cells.n_moving is None else min(cells.n_moving, n_axes)
         fixed_weights = torch.ones(params.shape[0], 1)
         for p in range(n_moving, n_axes):  # the trailing axes that stay put are summed into the cell's nodes
             fixed_weights = (fixed_weights[:, :, None] * axis_weights[:, p, None, :]).reshape(params.shape[0], -1)

@@ -289,7 +289,8 @@ def reconstruct_slice(data: SliceData, basis: TemporalBasis, settings: ReconSett
     iterate after each iteration (cg, llr: e.g. accuracy against iterations in one run). With `refit`
     (iterative methods), refit(coefficients, basis, time_average) may return another basis (e.g. one fitted to the
     slice's tissues, mrf_core.mapping.fitted_basis): the slice is then solved again in it, started from the
-    first pass's coefficients converted into it (PSF kernels not cached: the basis is the slice's own). BLAS runs
+    first pass's coefficients converted into it (its PSF kernels not kept: the basis is the slice's own; with
+    few interleaves they are a product of the cached per-interleave spectra, ToeplitzNormal.compute). BLAS runs
     single-threaded here: the stages' matrix products are small, and on a busy 2-core machine OpenBLAS's
     threads took up to 27 s for a 0.1 s stage (measured); finufft and the FFTs use settings.n_threads."""
     with threadpool_limits(limits=1, user_api="blas"):
@@ -335,8 +336,9 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
                            clock.total(), notes, time_series=series, method=s.method)
 
     def solve(basis: TemporalBasis, x0: np.ndarray | None = None,
-              cache_dir: str | None = s.psf_cache_dir) -> tuple[np.ndarray, list[float]]:
-        """Coefficients in `basis` (and the convergence record), started from x0 or the back-projection."""
+              cache_kernels: bool = True) -> tuple[np.ndarray, list[float]]:
+        """Coefficients in `basis` (and the convergence record), started from x0 or the back-projection;
+        cache_kernels: keep its PSF kernels in the cache (not for a basis fitted to the slice)."""
         with clock("reduce"):
             z = reduce_readouts(kspace, sampling, sampling.readout_weights(basis.vectors), whitening)  # (K, V, J, S)
         op = SubspaceOperator(sampling, basis.vectors, maps, basis.signal_phase, nufft=nufft)
@@ -349,7 +351,8 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
         with clock("psf"):
             normal = ToeplitzNormal.compute(sampling, basis.vectors, weighted=s.dcf_weighting,
                                             backend=s.nufft_backend, eps=s.nufft_eps, n_threads=s.n_threads,
-                                            device=s.device, cache_dir=cache_dir)
+                                            device=s.device, cache_dir=s.psf_cache_dir,
+                                            cache_kernels=cache_kernels)
         start = backprojection if x0 is None else x0
         with clock("iterations"), progress_bar(total=s.iterations, desc=f"{s.method} slice {data.slice_index}",
                                                unit="iteration", enabled=progress) as bar:
@@ -379,7 +382,7 @@ def _reconstruct(data: SliceData, basis: TemporalBasis, settings: ReconSettings,
             fitted = refit(coefficients, basis, time_average)
         if fitted is not None:  # the second pass, from the first's coefficients in the fitted basis
             start = np.einsum("lk,kij->lij", basis.conversion_to(fitted, min_captured=0.0), coefficients)
-            coefficients, convergence = solve(fitted, start.astype(np.complex64), cache_dir=None)
+            coefficients, convergence = solve(fitted, start.astype(np.complex64), cache_kernels=False)
             basis = fitted
     return ReconResult(np.ascontiguousarray(coefficients, dtype=np.complex64), basis, time_average, maps,
                        clock.total(), notes, convergence=convergence, method=s.method)

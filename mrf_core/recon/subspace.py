@@ -18,8 +18,9 @@ share F_j, which is what makes the operators cheap (`SubspaceSampling` groups th
   p_kl(d) = sum_j G_j[k, l] sum_s w_{j,s} exp(2 pi i k_{j,s}.d / N), G_j = sum_{r in j} U[t_r]^T U[t_r]:
   a linear convolution on a 2N x 2N grid (Toeplitz embedding, Wajer 2001, Fessler 2005), so each CG
   iteration costs 2 K C FFTs of (2N)^2 and no NUFFT. The PSFs are Hermitian (w real), so their
-  spectra are real; only the K(K+1)/2 pairs k <= l are computed (one type-1 NUFFT with that many
-  weight vectors) and they can be cached on disk, keyed by trajectory, weights and basis.
+  spectra are real; only the K(K+1)/2 pairs k <= l are needed, made from the J interleaves' own PSF
+  spectra (cached on disk, keyed by trajectory and weights) when J <= K(K+1)/2, else directly (one
+  type-1 NUFFT with K(K+1)/2 weight vectors), and cached keyed by the basis too.
 
 W is the density compensation (the `weighted` flag): weighting the normal equations with it is a
 preconditioner (fast convergence) at the price of slightly non-optimal noise weighting; W = 1 gives
@@ -283,37 +284,41 @@ class ToeplitzNormal:
     @classmethod
     def compute(cls, sampling: SubspaceSampling, vectors: np.ndarray, weighted: bool = True,
                 backend: str = "finufft", eps: float = DEFAULT_EPS, n_threads: int = DEFAULT_THREADS,
-                device: str = "cpu", cache_dir: str | Path | None = None) -> ToeplitzNormal:
-        """PSF kernels of the sampling and basis (one type-1 NUFFT of K(K+1)/2 weight vectors onto the
-        2N grid), read from / written to `cache_dir` when given."""
+                device: str = "cpu", cache_dir: str | Path | None = None, cache_kernels: bool = True
+                ) -> ToeplitzNormal:
+        """PSF kernels of the sampling and basis, cached in `cache_dir` when given (memory-mapped when read;
+        cache_kernels=False: a basis not worth keeping, e.g. one fitted to a slice). A PSF is linear in its
+        weights, which depend on the interleave only through G_j, so p_kl = sum_j G_j[k, l] p_j with p_j the
+        PSF of interleave j's weights alone: with no more interleaves than pairs (J <= K(K+1)/2) the J
+        spectra are made (one type-1 NUFFT of J weight vectors onto the 2N grid) and cached without the
+        basis, and a basis's kernels are one matrix product from them (another basis on the same sampling
+        costs no NUFFT); otherwise the K(K+1)/2 pairs' kernels are made directly."""
         gram = sampling.gram_per_interleave(vectors)  # (J, K, K)
-        key = _kernel_key(sampling, gram, weighted, eps)
-        path = Path(cache_dir) / f"psf_{key}.npy" if cache_dir is not None else None
-        if path is not None and path.is_file():
-            try:
-                kernels = np.load(path, allow_pickle=False, mmap_mode="r")  # pages from the file cache
-                log.info("PSF kernels read from the cache %s", path)
-                return cls(kernels, n_threads)
-            except (OSError, ValueError) as exc:
-                log.warning("PSF cache file %s is unreadable (%s): recomputing", path, exc)
-        n, rank = sampling.matrix, gram.shape[1]
-        pairs = symmetric_pairs(rank)[0]
-        density = sampling.dcf if weighted else np.ones_like(sampling.dcf)
-        values = np.stack([gram[:, k, m, None] * density for k, m in pairs]).reshape(len(pairs), -1)
-        nufft = Nufft(sampling.traj, n, shape=(2 * n, 2 * n), backend=backend, eps=eps, n_threads=n_threads,
-                      device=device)
-        psf = nufft.adjoint(values.astype(np.complex64))  # (P, 2N, 2N), d = index - N
-        psf[:, 0, :] = 0.0  # d = -N is outside the linear convolution's reach; dropping it makes p Hermitian
-        psf[:, :, 0] = 0.0
-        kernels = scipy.fft.fft2(np.fft.ifftshift(psf, axes=(-2, -1)), workers=n_threads).real.astype(np.float32)
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                    np.save(f, kernels)
-            except OSError as exc:
-                log.warning("cannot write the PSF cache %s: %s", path, exc)
-        return cls(kernels, n_threads)
+        pairs = symmetric_pairs(gram.shape[1])[0]
+        pair_gram = np.stack([gram[:, k, m] for k, m in pairs])  # (P, J)
+        n, n_interleaves = sampling.matrix, sampling.n_interleaves
+
+        def spectra(weights: np.ndarray) -> np.ndarray:
+            """Real spectra (M, 2N, 2N) float32 of the PSFs of per-interleave weights (M, J)."""
+            density = sampling.dcf if weighted else np.ones_like(sampling.dcf)
+            values = (weights[:, :, None] * density[None]).reshape(len(weights), -1)  # (M, J S)
+            nufft = Nufft(sampling.traj, n, shape=(2 * n, 2 * n), backend=backend, eps=eps, n_threads=n_threads,
+                          device=device)
+            psf = nufft.adjoint(values.astype(np.complex64))  # (M, 2N, 2N), d = index - N
+            psf[:, 0, :] = 0.0  # d = -N is outside the linear convolution's reach; dropping it makes p Hermitian
+            psf[:, :, 0] = 0.0
+            return scipy.fft.fft2(np.fft.ifftshift(psf, axes=(-2, -1)), workers=n_threads).real.astype(np.float32)
+
+        def kernels() -> np.ndarray:
+            if n_interleaves > len(pairs):
+                return spectra(pair_gram)
+            name = f"psf_interleaves_{_kernel_key(sampling, weighted, eps)}.npy"
+            per_interleave = _cached(cache_dir, name, lambda: spectra(np.eye(n_interleaves)))
+            product = pair_gram.astype(np.float32) @ per_interleave.reshape(n_interleaves, -1)
+            return product.reshape(len(pairs), 2 * n, 2 * n)
+
+        kernel_dir = cache_dir if cache_kernels else None
+        return cls(_cached(kernel_dir, f"psf_{_kernel_key(sampling, weighted, eps, gram)}.npy", kernels), n_threads)
 
     def largest_eigenvalue(self, coil_maps: np.ndarray, n_iterations: int = _LANCZOS_STEPS) -> float:
         """An estimate of the largest eigenvalue of A^H W A with these coil maps, from one channel: for S_c
@@ -362,14 +367,36 @@ def _fft_in_place(x: np.ndarray, axis: int, workers: int, inverse: bool = False)
         x[...] = out
 
 
-def _kernel_key(sampling: SubspaceSampling, gram: np.ndarray, weighted: bool, eps: float) -> str:
+def _kernel_key(sampling: SubspaceSampling, weighted: bool, eps: float, gram: np.ndarray | None = None) -> str:
     h = hashlib.sha256()
     h.update(f"v{_KERNEL_FORMAT},N={sampling.matrix},w={weighted},eps={eps:g},".encode())
     h.update(np.ascontiguousarray(sampling.traj, dtype=np.float32).tobytes())
     if weighted:
         h.update(np.ascontiguousarray(sampling.dcf, dtype=np.float32).tobytes())
-    h.update(np.round(gram, 6).astype(np.float64).tobytes())
+    if gram is not None:
+        h.update(np.round(gram, 6).astype(np.float64).tobytes())
     return h.hexdigest()[:24]
+
+
+def _cached(cache_dir: str | Path | None, name: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+    """The array in cache_dir/name (memory-mapped: pages from the file cache), else make() written there."""
+    path = Path(cache_dir) / name if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            array = np.load(path, allow_pickle=False, mmap_mode="r")
+            log.info("PSF kernels: %s read from the cache", path.name)
+            return array
+        except (OSError, ValueError) as exc:
+            log.warning("PSF cache file %s is unreadable (%s): recomputing", path, exc)
+    array = make()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, array)
+        except OSError as exc:
+            log.warning("cannot write the PSF cache %s: %s", path, exc)
+    return array
 
 
 # ---- solvers ----------------------------------------------------------------------------------------
