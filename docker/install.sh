@@ -107,5 +107,5 @@ fi
 assert torch.__version__.startswith("2.13.0") and torch.version.cuda is None, "not torch 2.13.0 CPU: " + torch.__version__
 import gadgets.emit, gadgets.map_dictionary, gadgets.map_network, gadgets.qa, gadgets.reconstruct
 from mrf_core.mapping import default_model_path
-assert default_model_path().is_file(), "default model missing"'
+assert default_model_path().is_file() and default_model_path(b1_input=True).is_file(), "a default model is missing"'
 echo "install.sh: added $(grep -cvxF -f "$work/constraints.txt" "$work/after.txt") distributions; none of the env's changed"

@@ -46,7 +46,7 @@ print(f"verify.sh: uid {os.getuid()}, cwd {os.getcwd()}, {sys.executable} (Pytho
       f"mrf_core from {Path(mrf_core.__file__).parent}")
 assert Path.cwd() not in Path(mrf_core.__file__).parents, "mrf_core comes from the working folder"
 assert torch.__version__.startswith("2.13.0") and torch.version.cuda is None, "not torch 2.13.0 CPU: " + torch.__version__
-assert default_model_path().is_file(), "default model missing"'
+assert default_model_path().is_file() and default_model_path(b1_input=True).is_file(), "a default model is missing"'
 
 # every configuration the package ships (mrf replay finds them by name there); each also in Gadgetron's folder
 folder=$(python -c 'from mrf_gadgetron.host.stream_config import default_config_dir; print(default_config_dir())')

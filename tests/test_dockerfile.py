@@ -125,8 +125,9 @@ def test_the_copied_files_build_the_package_with_its_data(tmp_path):
     for needed in ("gadgets/reconstruct.py", "gadgets/map_network.py", "gadgets/map_dictionary.py",
                    "gadgets/emit.py", "mrf_core/data/fisp_jiang2015.csv", "mrf_core/mapping/__init__.py"):
         assert needed in names
-    if (ROOT / "mrf_core/data/default_model.pt").is_file():
-        assert "mrf_core/data/default_model.pt" in names, "the default model must ship in the package"
+    for model in ("mrf_core/data/default_model.pt", "mrf_core/data/default_b1_model.pt"):
+        if (ROOT / model).is_file():
+            assert model in names, "the default models must ship in the package"
     modules = {str(p.relative_to(ROOT)) for package in ("mrf_core", "gadgets", "mrf_gadgetron")
                for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts}
     assert modules - set(names) == set(), "pyproject.toml [tool.setuptools] packages misses a package"
