@@ -502,6 +502,12 @@ class NetworkMapper:
         with threadpool_limits(limits=1, user_api="blas"):
             if b1_map is not None:  # a model with a B1 input
                 b1 = slice_b1(b1_map, geometry, mask, slice_index)[mask]
+                lo, hi = getattr(self.model, "b1_range", None) or (-np.inf, np.inf)
+                outside = int(np.count_nonzero((b1 < lo) | (b1 > hi)))
+                if outside:
+                    log.warning("slice %d: B1 of %d voxels lies outside the range model %s was trained on, %g-%g "
+                                "(clamped)", slice_index, outside, self.model.path.name, lo, hi)
+                    b1 = np.clip(b1, lo, hi)
                 result = self.model.map_coefficients(x[mask], basis, b1=b1)
                 result.b1, correction = b1.astype(np.float32), "map"
             else:

@@ -254,7 +254,7 @@ def test_a_model_without_b1_input_is_refused_with_a_b1_map_and_the_meta_travels(
     assert (meta["MRF_B1Correction"], meta["MRF_SliceProfile"]) == ("map", "hann-sinc tbw 4")
 
 
-def test_a_model_with_a_b1_input(tmp_path):
+def test_a_model_with_a_b1_input(tmp_path, caplog):
     """A (tiny) model trained with B1 as input: its metadata says so, it predicts T1/T2 only, mapping needs
     no B1 output, the network mapper feeds it the map; a model without the input refuses a B1."""
     from mrf_core.mapping import ModelError, load_model
@@ -281,8 +281,14 @@ def test_a_model_with_a_b1_input(tmp_path):
     mapper = NetworkMapper(settings)
     coefficients = np.zeros((model.basis.rank, 4, 4), np.complex64)
     coefficients[:, 1:3, 1:3] = x[0][:, None, None]
-    maps = mapper(coefficients, model.basis, schedule, 0, geometry=ImageGeometry((200.0, 200.0, 5.0)))
+    geometry = ImageGeometry((200.0, 200.0, 5.0))
+    maps = mapper(coefficients, model.basis, schedule, 0, geometry=geometry)
     assert maps.b1_correction == "map" and np.nanmax(np.abs(maps.b1 - 1.1)) < 1e-6
+    np.save(tmp_path / "b1.npy", np.full((4, 4), 1.5))  # beyond the trained 0.7-1.3: clamped, and said
+    with caplog.at_level("WARNING"):
+        maps = NetworkMapper(settings)(coefficients, model.basis, schedule, 0, geometry=geometry)
+    assert "B1 of 4 voxels lies outside the range model b1.pt was trained on, 0.7-1.3 (clamped)" in caplog.text
+    assert np.nanmax(np.abs(maps.b1 - 1.3)) < 1e-6
     with pytest.raises(ModelError, match="has no B1 input"):
         load_model(tmp_path / "b1.pt").__class__.map_coefficients(
             type("NoB1", (), {"basis": model.basis, "b1_input": False, "path": model.path})(), x, model.basis,

@@ -59,6 +59,8 @@ class MrfModel:
         self.schedule: FispSchedule = schedule_of(metadata)
         self.input_kind: str = metadata["input"]["kind"]
         self.b1_input: bool = bool(metadata["input"].get("b1", False))  # takes a B1 map as a second input
+        trained = metadata["input"].get("b1_range")
+        self.b1_range: tuple[float, float] | None = tuple(trained) if trained else None  # the B1 it was trained on
         profile = metadata["training"].get("slice_profile") if isinstance(metadata["training"], dict) else None
         self.slice_profile = SliceProfile(**profile) if profile else None  # the profile its training modelled
         self.output_names: list[str] = list(metadata["outputs"]["names"])
