@@ -313,7 +313,7 @@ class ToeplitzNormal:
             if n_interleaves > len(pairs):
                 return spectra(pair_gram)
             name = f"psf_interleaves_{_kernel_key(sampling, weighted, eps)}.npy"
-            per_interleave = _cached(cache_dir, name, lambda: spectra(np.eye(n_interleaves)))
+            per_interleave = _cached(cache_dir, name, lambda: spectra(np.eye(n_interleaves, dtype=np.float32)))
             product = pair_gram.astype(np.float32) @ per_interleave.reshape(n_interleaves, -1)
             return product.reshape(len(pairs), 2 * n, 2 * n)
 
