@@ -114,6 +114,8 @@ def test_cells_reuse_the_gathered_nodes_and_sum_fixed_axes_once():
     torch.testing.assert_close(table.lookup(shifted, cells)[0], table.lookup(shifted)[0], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="derivative along 3 axes"):
         table.lookup_gradient(shifted, cells, n_axes=3)
+    none = torch.zeros((0, 3))  # no voxels: empty results of the right shapes
+    assert table.lookup(none, Cells(2))[0].shape == (0, 6) and table.lookup_gradient(none)[1].shape == (0, 6, 3)
 
 
 def test_refinement_reaches_the_best_fit(small_model):

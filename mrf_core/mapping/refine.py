@@ -55,8 +55,10 @@ def refine(table: FingerprintTable, params: torch.Tensor, x: torch.Tensor,
            iterations: int = DEFAULT_ITERATIONS, n_free: int | None = None, cells: Cells | None = None
            ) -> torch.Tensor:
     """Parameters (N, P) in their units, refined for complex coefficients x (N, K) in the table's basis;
-    n_free: only the first n_free parameters move (B1 stays where a B1 map put it), default all. cells:
-    the table nodes gathered for these voxels (Cells(n_free)), kept for the caller's next lookup."""
+    n_free: only the first n_free parameters move (B1 stays where a B1 map put it), default all (or those
+    `cells` move along). cells: the table nodes gathered for these voxels (Cells(n_free)), kept for the
+    caller's next lookup."""
+    n_free = cells.n_moving if n_free is None and cells is not None else n_free
     cells = Cells(n_free) if cells is None else cells
     n_axes = len(table.shape)
     n_free = n_axes if n_free is None else n_free

@@ -74,8 +74,8 @@ class FingerprintTable:
     def lookup_gradient(self, params: torch.Tensor, cells: Cells | None = None, n_axes: int | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Interpolated coefficients (N, K) and their derivatives (N, K, n_axes) with respect to the first
-        n_axes table coordinates (log T1, log T2 (, B1); default all), from the same gather (zero where
-        params are clamped)."""
+        n_axes table coordinates (log T1, log T2 (, B1); default all, or all that `cells` move along), from
+        the same gather (zero where params are clamped)."""
         coefficients, _, gradient = self._interpolate(params, True, cells, n_axes)
         return coefficients, gradient
 
@@ -131,7 +131,8 @@ class FingerprintTable:
         n_moving = n_axes if cells is None or cells.n_moving is None else min(cells.n_moving, n_axes)
         fixed_weights = torch.ones(params.shape[0], 1)
         for p in range(n_moving, n_axes):  # the trailing axes that stay put are summed into the cell's nodes
-            fixed_weights = (fixed_weights[:, :, None] * axis_weights[:, p, None, :]).reshape(params.shape[0], -1)
+            fixed_weights = (fixed_weights[:, :, None] * axis_weights[:, p, None, :]).reshape(
+                params.shape[0], 4 ** (p - n_moving + 1))
         n_gradient = (n_moving if n_gradient is None else n_gradient) if gradient else 0
         if n_gradient > n_moving:
             raise ValueError(f"a derivative along {n_gradient} axes from cells that move along {n_moving}")
@@ -142,7 +143,7 @@ class FingerprintTable:
                 factors[:, 1 + q, q] = slopes[:, q]
         weights = factors[:, :, 0]
         for p in range(1, n_moving):  # tensor product of the per-axis taps' weights, in _tap_offsets' order
-            weights = (weights[:, :, :, None] * factors[:, :, p, None, :]).reshape(*factors.shape[:2], -1)
+            weights = (weights[:, :, :, None] * factors[:, :, p, None, :]).reshape(*factors.shape[:2], 4 ** (p + 1))
         nodes, node_norms = self._nodes(start, fixed_weights, cells)  # (N, 4^F, K), (N, 4^F)
         rows = torch.bmm(weights, nodes)  # (N, rows, K): one batched product for the value and its derivatives
         norms = (weights[:, 0] * node_norms).sum(dim=1)

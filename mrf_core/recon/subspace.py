@@ -369,7 +369,7 @@ def _fft_in_place(x: np.ndarray, axis: int, workers: int, inverse: bool = False)
 
 def _kernel_key(sampling: SubspaceSampling, weighted: bool, eps: float, gram: np.ndarray | None = None) -> str:
     h = hashlib.sha256()
-    h.update(f"v{_KERNEL_FORMAT},N={sampling.matrix},w={weighted},eps={eps:g},".encode())
+    h.update(f"v{_KERNEL_FORMAT},N={sampling.matrix},w={weighted},eps={eps:g},traj={sampling.traj.shape},".encode())
     h.update(np.ascontiguousarray(sampling.traj, dtype=np.float32).tobytes())
     if weighted:
         h.update(np.ascontiguousarray(sampling.dcf, dtype=np.float32).tobytes())
