@@ -471,6 +471,13 @@ class _Scattered:
         self.pd, self.score = spread(result.pd, 0), spread(result.score, 0)
 
 
+def _warn_clamped(slice_index: int, n_outside: int, covered: str, lo: float, hi: float) -> None:
+    """The warning for B1 map values a mapper clamped to the B1 it covers (mapping.b1_matching.clamp_b1)."""
+    if n_outside:
+        log.warning("slice %d: B1 of %d voxels lies outside %s, %g-%g (clamped)", slice_index, n_outside, covered,
+                    lo, hi)
+
+
 class NetworkMapper:
     """The network model of the settings. Calling it maps a slice or raises with the reason it cannot
     (`unusable` says so up front when the model did not load)."""
@@ -501,13 +508,11 @@ class NetworkMapper:
         # spin beside torch's on the same cores afterwards (measured: network mapping up to 2x slower)
         with threadpool_limits(limits=1, user_api="blas"):
             if b1_map is not None:  # a model with a B1 input
-                b1 = slice_b1(b1_map, geometry, mask, slice_index)[mask]
+                from mrf_core.mapping.b1_matching import clamp_b1
+
                 lo, hi = getattr(self.model, "b1_range", None) or (-np.inf, np.inf)
-                outside = int(np.count_nonzero((b1 < lo) | (b1 > hi)))
-                if outside:
-                    log.warning("slice %d: B1 of %d voxels lies outside the range model %s was trained on, %g-%g "
-                                "(clamped)", slice_index, outside, self.model.path.name, lo, hi)
-                    b1 = np.clip(b1, lo, hi)
+                b1, outside = clamp_b1(slice_b1(b1_map, geometry, mask, slice_index)[mask], lo, hi)
+                _warn_clamped(slice_index, outside, f"the range model {self.model.path.name} was trained on", lo, hi)
                 result = self.model.map_coefficients(x[mask], basis, b1=b1)
                 result.b1, correction = b1.astype(np.float32), "map"
             else:
@@ -555,9 +560,8 @@ class DictionaryMapper:
 
             b1 = slice_b1(self.b1_map, geometry, mask, slice_index)
             result, n_clamped = match_at_b1(dictionary, x[mask], b1[mask], search=self.settings.search)
-            if n_clamped:
-                log.warning("slice %d: B1 of %d voxels lies outside the dictionary's B1 axis %g-%g (clamped)",
-                            slice_index, n_clamped, dictionary.grid.b1_axis[0], dictionary.grid.b1_axis[-1])
+            _warn_clamped(slice_index, n_clamped, "the dictionary's B1 axis", dictionary.grid.b1_axis[0],
+                          dictionary.grid.b1_axis[-1])
             return QuantitativeMaps.from_match(_Scattered(result, mask), mask.shape, slice_index, self.name, mask,
                                                b1_correction="map", b1_source=f"map {Path(self.b1_map.source).name}",
                                                slice_profile=profile)

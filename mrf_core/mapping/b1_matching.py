@@ -45,6 +45,12 @@ def b1_slices(dictionary: Dictionary) -> np.ndarray:
     return slices
 
 
+def clamp_b1(b1: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, int]:
+    """B1 values (float64) clamped to [lo, hi], and how many lay outside it (beyond rounding of its ends)."""
+    b1 = np.asarray(b1, dtype=np.float64)
+    return np.clip(b1, lo, hi), int(np.count_nonzero((b1 < lo - 1e-9) | (b1 > hi + 1e-9)))
+
+
 def match_at_b1(dictionary: Dictionary, data: np.ndarray, b1: np.ndarray, search: str = "auto",
                 device: str = "cpu", subgrid: bool = True) -> tuple[MatchResult, int]:
     """Match voxels `data` (V, rank) in the dictionary's subspace, voxel v in the B1 slice at b1[v].
@@ -54,9 +60,8 @@ def match_at_b1(dictionary: Dictionary, data: np.ndarray, b1: np.ndarray, search
     if axis.size < 2:
         raise DictionaryError("matching at a given B1 needs a dictionary with a B1 axis (b1_values: two or more)")
     slices = b1_slices(dictionary)
-    b1 = np.asarray(b1, dtype=np.float64).reshape(-1)
-    n_clamped = int(np.count_nonzero((b1 < axis[0] - 1e-9) | (b1 > axis[-1] + 1e-9)))
-    groups = np.clip(np.round(np.clip(b1, axis[0], axis[-1]) / B1_GROUP_STEP) * B1_GROUP_STEP, axis[0], axis[-1])
+    b1, n_clamped = clamp_b1(np.reshape(b1, -1), axis[0], axis[-1])
+    groups = np.clip(np.round(b1 / B1_GROUP_STEP) * B1_GROUP_STEP, axis[0], axis[-1])
     n = b1.size
     out = MatchResult(t1_ms=np.full(n, np.nan, np.float32), t2_ms=np.full(n, np.nan, np.float32),
                       b1=np.full(n, np.nan, np.float32), pd=np.zeros(n, np.complex64),

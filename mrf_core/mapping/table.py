@@ -98,7 +98,8 @@ class FingerprintTable:
         n_fixed = fixed_weights.shape[1]
         taps = self._tap_offsets().view(-1, n_fixed)  # (4^F, 4^(P-F)): the fixed axes' taps are the fastest
         if n_fixed == 1:
-            return self.coefficients[start[:, None] + taps[:, 0]], self.norms[start[:, None] + taps[:, 0]]
+            flat = start[:, None] + taps[:, 0]
+            return self.coefficients[flat], self.norms[flat]
         nodes = norms = 0
         for j in range(n_fixed):  # one fixed tap at a time: never 4^P nodes per voxel in memory
             flat = start[:, None] + taps[:, j]
